@@ -1,0 +1,92 @@
+// fuse/ — the FUSE low-level adapter. It owns the kernel side: inode numbers,
+// lookup counts, request decoding, errno, mount options. It knows nothing of
+// roles, caching or RocksDB: it serves a FileSystem, a path-level view that
+// the agent implements by dispatching every path to its role.
+//
+// Paths given to a FileSystem are relative to the mount root: "" is the root,
+// components separated by '/', no leading '/'.
+//
+// Thread safety: the adapter calls a FileSystem and its OpenFiles from many
+// threads at once; implementations synchronize internally. The adapter never
+// calls an OpenFile after Release() returned.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "util/status.h"
+
+namespace goldcache::fuse {
+
+// An open file: one per successful open/create, released once.
+class OpenFile {
+ public:
+  virtual ~OpenFile() = default;
+  OpenFile() = default;
+  OpenFile(const OpenFile&) = delete;
+  OpenFile& operator=(const OpenFile&) = delete;
+
+  // Reads up to buf.size() bytes at `offset`; short only at end of file.
+  virtual Result<size_t> Read(uint64_t offset, std::span<char> buf) = 0;
+  // Writes all of `buf` at `offset`; returns buf.size() on success.
+  virtual Result<size_t> Write(uint64_t offset, std::span<const char> buf) = 0;
+  virtual Status Fsync(bool datasync) = 0;
+  // fallocate(2) with `mode` (0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|KEEP_SIZE, ...).
+  virtual Status Fallocate(int mode, uint64_t offset, uint64_t length) = 0;
+  // Attributes as seen through this handle (size may differ from the datastore's).
+  virtual Result<struct stat> Stat() = 0;
+  virtual Status Truncate(uint64_t size) = 0;
+  // Whether the kernel may keep page-cache contents from earlier opens
+  // (false when the content changed since, e.g. a new template generation).
+  virtual bool KeepCache() const = 0;
+  // Called once when the last reference from the kernel goes away.
+  virtual void Release() = 0;
+};
+
+struct DirEntry {
+  std::string name;
+  struct stat st;
+};
+
+// What setattr asks for; unset members stay unchanged.
+struct SetAttrRequest {
+  std::optional<mode_t> mode;
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
+  std::optional<uint64_t> size;
+  std::optional<struct timespec> atime;  // tv_nsec may be UTIME_NOW
+  std::optional<struct timespec> mtime;  // tv_nsec may be UTIME_NOW
+};
+
+class FileSystem {
+ public:
+  virtual ~FileSystem() = default;
+
+  // lstat semantics. st_ino is informational; the adapter assigns node ids.
+  virtual Result<struct stat> GetAttr(const std::string& path) = 0;
+  virtual Result<std::vector<DirEntry>> ReadDir(const std::string& path) = 0;
+  virtual Result<std::string> ReadLink(const std::string& path) = 0;
+  // `flags` are the open(2) flags the kernel passed (O_ACCMODE, O_TRUNC, O_DIRECT, ...).
+  virtual Result<std::unique_ptr<OpenFile>> Open(const std::string& path, int flags) = 0;
+  virtual Result<std::unique_ptr<OpenFile>> Create(const std::string& path, int flags,
+                                                   mode_t mode) = 0;
+  virtual Result<struct stat> Mkdir(const std::string& path, mode_t mode) = 0;
+  virtual Status Unlink(const std::string& path) = 0;
+  virtual Status Rmdir(const std::string& path) = 0;
+  virtual Status Rename(const std::string& from, const std::string& to, unsigned flags) = 0;
+  virtual Result<struct stat> Symlink(const std::string& target, const std::string& path) = 0;
+  virtual Result<struct stat> Link(const std::string& existing, const std::string& path) = 0;
+  // `file` is the open handle when the kernel supplied one (ftruncate), else null.
+  virtual Result<struct stat> SetAttr(const std::string& path, const SetAttrRequest& req,
+                                      OpenFile* file) = 0;
+  virtual Result<struct statvfs> StatFs() = 0;
+};
+
+}  // namespace goldcache::fuse
