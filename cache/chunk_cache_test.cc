@@ -1,0 +1,300 @@
+#include "cache/chunk_cache.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+namespace goldcache::cache {
+namespace {
+
+constexpr uint32_t kChunk = 64 * 1024;
+
+// A datastore file held in memory that counts every read, and can hold reads
+// at a gate so a test decides when a fetch finishes.
+class CountingSource : public ChunkSource {
+ public:
+  explicit CountingSource(std::vector<char> data) : data_(std::move(data)) {}
+  Result<size_t> ReadAt(uint64_t offset, std::span<char> buf) override {
+    reads.fetch_add(1);
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return open_; });
+    }
+    if (offset >= data_.size()) return size_t{0};
+    size_t n = std::min<size_t>(buf.size(), data_.size() - offset - truncate_by);
+    std::memcpy(buf.data(), data_.data() + offset, n);
+    bytes.fetch_add(n);
+    return n;
+  }
+  void Hold() {
+    std::lock_guard lock(mu_);
+    open_ = false;
+  }
+  void Release() {
+    {
+      std::lock_guard lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  const std::vector<char>& data() const { return data_; }
+  std::atomic<uint64_t> reads{0};
+  std::atomic<uint64_t> bytes{0};
+  size_t truncate_by = 0;
+
+ private:
+  std::vector<char> data_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+};
+
+std::vector<char> RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<char> v(n);
+  for (auto& c : v) c = static_cast<char>(rng());
+  return v;
+}
+
+class ChunkCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/gc-cache-test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::unique_ptr<ChunkCache> OpenCache(metrics::Registry& reg, uint64_t capacity = 64 * kChunk,
+                                        std::string dir = "") {
+    CacheOptions o;
+    o.dir = dir.empty() ? dir_ + "/cache" : dir;
+    o.capacity_bytes = capacity;
+    o.chunk_size = kChunk;
+    o.index_flush_interval = std::chrono::milliseconds(20);
+    o.registry = &reg;
+    auto c = ChunkCache::Open(o);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return c.ok() ? std::move(c).value() : nullptr;
+  }
+  GenerationId Bind(ChunkCache& c, uint64_t size, int64_t mtime = 1) {
+    return c.BindGeneration(index::GenerationKey{"ds:t.img", size, mtime, 1, 1})->id;
+  }
+  static uint64_t Counter(metrics::Registry& reg, const std::string& name) {
+    return reg.GetCounter(name, "").Value();
+  }
+  // Reads the whole file in `step`-byte reads and checks every byte.
+  static void ReadAllAndCheck(ChunkCache& c, GenerationId gen, CountingSource& src,
+                              size_t step = 10000) {
+    const auto& want = src.data();
+    std::vector<char> buf(step);
+    for (uint64_t off = 0; off < want.size(); off += step) {
+      auto r = c.Read(gen, want.size(), off, buf, src);
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      ASSERT_EQ(r->bytes, std::min<size_t>(step, want.size() - off));
+      ASSERT_EQ(0, std::memcmp(buf.data(), want.data() + off, r->bytes)) << "offset " << off;
+    }
+  }
+  std::string dir_;
+};
+
+TEST_F(ChunkCacheTest, ServesEveryByteAndFetchesEachChunkOnce) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(10 * kChunk + 1234, 1));  // short last chunk
+  GenerationId gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  EXPECT_EQ(src.reads.load(), 11u);
+  EXPECT_EQ(src.bytes.load(), src.data().size());
+  ReadAllAndCheck(*cache, gen, src, 4096);
+  EXPECT_EQ(src.reads.load(), 11u);  // second pass entirely from the cache
+  EXPECT_EQ(cache->used_bytes(), src.data().size());
+  EXPECT_GT(Counter(reg, "goldcache_cache_hits_total"), 0u);
+}
+
+TEST_F(ChunkCacheTest, ReadsPastEndOfFileAreShort) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(5000, 2));
+  GenerationId gen = Bind(*cache, 5000);
+  std::vector<char> buf(8192);
+  EXPECT_EQ(cache->Read(gen, 5000, 4096, buf, src)->bytes, 904u);
+  EXPECT_EQ(cache->Read(gen, 5000, 5000, buf, src)->bytes, 0u);
+}
+
+TEST_F(ChunkCacheTest, ConcurrentMissesOnOneChunkCostOneDatastoreRead) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(kChunk, 3));
+  GenerationId gen = Bind(*cache, kChunk);
+  src.Hold();
+  std::vector<std::thread> readers;
+  std::atomic<int> good{0};
+  for (int i = 0; i < 8; ++i) {
+    readers.emplace_back([&, i] {
+      std::vector<char> buf(4096);
+      auto r = cache->Read(gen, kChunk, i * 4096, buf, src);
+      if (r.ok() && std::memcmp(buf.data(), src.data().data() + i * 4096, 4096) == 0) ++good;
+    });
+  }
+  // Wait (bounded) until the other seven are provably waiting on the first.
+  for (int i = 0; i < 5000 && Counter(reg, "goldcache_cache_single_flight_waits_total") < 7; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(Counter(reg, "goldcache_cache_single_flight_waits_total"), 7u);
+  src.Release();
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(good.load(), 8);
+  EXPECT_EQ(src.reads.load(), 1u);
+}
+
+TEST_F(ChunkCacheTest, EightReadersInDifferentOrdersReadTheTemplateOnce) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(48 * kChunk, 4));
+  const uint64_t size = src.data().size();
+  GenerationId gen = Bind(*cache, size);
+  std::atomic<int> bad{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 8; ++r) {
+    readers.emplace_back([&, r] {
+      std::vector<uint64_t> blocks(size / 16384);
+      std::iota(blocks.begin(), blocks.end(), 0);
+      std::shuffle(blocks.begin(), blocks.end(), std::mt19937(r));
+      std::vector<char> buf(16384);
+      for (uint64_t b : blocks) {
+        auto res = cache->Read(gen, size, b * 16384, buf, src);
+        if (!res.ok() || std::memcmp(buf.data(), src.data().data() + b * 16384, 16384) != 0) ++bad;
+      }
+    });
+  }
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(src.bytes.load(), size);  // exactly one datastore read per chunk
+}
+
+TEST_F(ChunkCacheTest, CleanRestartServesEverythingWithoutTheDatastore) {
+  CountingSource src(RandomBytes(20 * kChunk, 5));
+  {
+    metrics::Registry reg;
+    auto cache = OpenCache(reg);
+    ReadAllAndCheck(*cache, Bind(*cache, src.data().size()), src);
+  }
+  src.reads = 0;
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  EXPECT_FALSE(cache->recovered_from_crash());
+  ReadAllAndCheck(*cache, Bind(*cache, src.data().size()), src);
+  EXPECT_EQ(src.reads.load(), 0u);
+}
+
+TEST_F(ChunkCacheTest, AfterACrashKeepsEveryChunkItCanProveGood) {
+  CountingSource src(RandomBytes(20 * kChunk, 6));
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  GenerationId gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  ASSERT_TRUE(cache->FlushIndex().ok());
+  // A crash image: the cache dir as it is on disk now, RUNNING marker and all.
+  const std::string image = dir_ + "/image";
+  std::filesystem::copy(dir_ + "/cache", image, std::filesystem::copy_options::recursive);
+  // Damage chunk 3's checksum table: that chunk can no longer be proved good.
+  {
+    std::vector<char> rec_probe(4);
+    int fd = open((image + "/sums.dat").c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    uint32_t garbage = 0xFFFFFFFF;
+    // Slot numbers are assigned lowest first, in fetch order: chunk 3 is slot 3.
+    ASSERT_EQ(pwrite(fd, &garbage, 4, 3 * (kChunk / 4096) * 4), 4);
+    close(fd);
+  }
+  metrics::Registry reg2;
+  auto recovered = OpenCache(reg2, 64 * kChunk, image);
+  EXPECT_TRUE(recovered->recovered_from_crash());
+  EXPECT_EQ(Counter(reg2, "goldcache_cache_recovery_dropped_total"), 1u);
+  src.reads = 0;
+  ReadAllAndCheck(*recovered, Bind(*recovered, src.data().size()), src);
+  EXPECT_EQ(src.reads.load(), 1u);  // only the dropped chunk is fetched again
+}
+
+TEST_F(ChunkCacheTest, CorruptBlockIsDetectedAndRefetchedNeverServed) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(4 * kChunk, 7));
+  GenerationId gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  int fd = open((dir_ + "/cache/chunks.dat").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  char flipped = ~src.data()[kChunk + 5000];
+  ASSERT_EQ(pwrite(fd, &flipped, 1, kChunk + 5000), 1);  // chunk 1 lives in slot 1
+  close(fd);
+  src.reads = 0;
+  ReadAllAndCheck(*cache, gen, src, 4096);
+  EXPECT_EQ(Counter(reg, "goldcache_cache_checksum_failures_total"), 1u);
+  EXPECT_EQ(src.reads.load(), 1u);
+}
+
+TEST_F(ChunkCacheTest, StaysWithinCapacityAndKeepsServingCorrectBytes) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg, 4 * kChunk);
+  CountingSource src(RandomBytes(16 * kChunk, 8));
+  GenerationId gen = Bind(*cache, src.data().size());
+  for (int pass = 0; pass < 3; ++pass) {
+    ReadAllAndCheck(*cache, gen, src);
+    EXPECT_LE(cache->used_bytes(), cache->capacity_bytes());
+  }
+  EXPECT_GT(Counter(reg, "goldcache_cache_evictions_total"), 0u);
+}
+
+TEST_F(ChunkCacheTest, GenerationsNeverShareChunks) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource v1(RandomBytes(2 * kChunk, 9)), v2(RandomBytes(2 * kChunk, 10));
+  GenerationId g1 = Bind(*cache, 2 * kChunk, 1);
+  ReadAllAndCheck(*cache, g1, v1);
+  auto b2 = cache->BindGeneration(index::GenerationKey{"ds:t.img", 2 * kChunk, 2, 1, 1});
+  ASSERT_TRUE(b2.ok());
+  EXPECT_TRUE(b2->changed);
+  ReadAllAndCheck(*cache, b2->id, v2);
+  EXPECT_EQ(v2.reads.load(), 2u);
+}
+
+TEST_F(ChunkCacheTest, FileShorterThanItsGenerationIsStaleNotPadded) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(2 * kChunk, 11));
+  src.truncate_by = 100;  // the datastore file shrank after the generation was taken
+  GenerationId gen = Bind(*cache, 2 * kChunk);
+  std::vector<char> buf(4096);
+  auto r = cache->Read(gen, 2 * kChunk, kChunk, buf, src);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kStale);
+}
+
+TEST_F(ChunkCacheTest, CacheMadeWithAnotherChunkSizeIsDiscarded) {
+  CountingSource src(RandomBytes(2 * kChunk, 12));
+  {
+    metrics::Registry reg;
+    auto cache = OpenCache(reg);
+    ReadAllAndCheck(*cache, Bind(*cache, src.data().size()), src);
+  }
+  metrics::Registry reg;
+  CacheOptions o;
+  o.dir = dir_ + "/cache";
+  o.capacity_bytes = 64 * kChunk;
+  o.chunk_size = kChunk * 2;
+  o.registry = &reg;
+  auto cache = std::move(ChunkCache::Open(o)).value();
+  EXPECT_EQ(cache->used_bytes(), 0u);
+  src.reads = 0;
+  ReadAllAndCheck(*cache, Bind(*cache, src.data().size()), src);
+  EXPECT_EQ(src.reads.load(), 1u);
+}
+
+}  // namespace
+}  // namespace goldcache::cache
