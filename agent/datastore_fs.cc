@@ -42,13 +42,12 @@ struct DatastoreFs::Counters {
         generation_changes(r.GetCounter(
             "goldcache_template_generation_changes_total",
             "Opens that found a template changed on the datastore (a new generation).")),
-        changed_while_open(r.GetCounter(
-            "goldcache_template_changed_while_open_total",
-            "Templates changed on the datastore while desktops had them open.")),
+        changed_while_open(
+            r.GetCounter("goldcache_template_changed_while_open_total",
+                         "Templates changed on the datastore while desktops had them open.")),
         stale_reads(r.GetCounter("goldcache_errors_total", "Errors by kind.",
                                  {{"kind", "stale_generation"}})),
-        read_errors(r.GetCounter("goldcache_errors_total", "Errors by kind.",
-                                 {{"kind", "read"}})),
+        read_errors(r.GetCounter("goldcache_errors_total", "Errors by kind.", {{"kind", "read"}})),
         readonly_refusals(r.GetCounter("goldcache_readonly_refusals_total",
                                        "Changes refused (EROFS) because of a file's role.")) {}
   metrics::Counter& read_cache;
@@ -186,8 +185,8 @@ Status DatastoreFs::RequireMutable(const std::string& path) const {
   Role role = rules_.RoleOf(path);
   if (role == Role::kPassthrough) return Status::Ok();
   counters_->readonly_refusals.Add();
-  return Status::Error(Code::kReadOnly, path + " is read-only through goldcache (" +
-                                            RoleName(role) + ")");
+  return Status::Error(Code::kReadOnly,
+                       path + " is read-only through goldcache (" + RoleName(role) + ")");
 }
 
 Result<struct stat> DatastoreFs::GetAttr(const std::string& path) { return backing_.Stat(path); }
@@ -253,8 +252,8 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
     ps.current = binding->id;
     ++ps.open_handles[binding->id];
   }
-  return std::unique_ptr<fuse::OpenFile>(new CachedFile(
-      *this, path, std::move(key), binding->id, std::move(file).value(), keep_cache));
+  return std::unique_ptr<fuse::OpenFile>(new CachedFile(*this, path, std::move(key), binding->id,
+                                                        std::move(file).value(), keep_cache));
 }
 
 void DatastoreFs::OnCachedFileClosed(const std::string& path, index::GenerationId gen) {

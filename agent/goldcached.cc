@@ -121,10 +121,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("goldcached ") + GOLDCACHE_VERSION);
   app.add_option("--datastore", flags.datastore, "Datastore directory (e.g. a kernel NFS mount)")
       ->required();
-  app.add_option("--mountpoint", flags.mountpoint, "Where to mount the goldcache view")
-      ->required();
-  app.add_option("--cache-dir", flags.cache_dir, "Host-local cache directory (on SSD)")
-      ->required();
+  app.add_option("--mountpoint", flags.mountpoint, "Where to mount the goldcache view")->required();
+  app.add_option("--cache-dir", flags.cache_dir, "Host-local cache directory (on SSD)")->required();
   app.add_option("--cache-size", flags.cache_size, "Read cache capacity, e.g. 200GiB")
       ->capture_default_str();
   app.add_option("--chunk-size", flags.chunk_size,
@@ -132,13 +130,17 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option_function<std::string>(
          "--template",
-         [&](const std::string& g) { flags.rules.push_back({g, Role::kTemplate}); },
+         [&](const std::string& g) {
+           flags.rules.push_back({g, Role::kTemplate});
+         },
          "Glob of template (golden image) files: read-only, cached; repeatable")
       ->trigger_on_parse()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option_function<std::string>(
          "--nonpersistent",
-         [&](const std::string& g) { flags.rules.push_back({g, Role::kNonpersistent}); },
+         [&](const std::string& g) {
+           flags.rules.push_back({g, Role::kNonpersistent});
+         },
          "Glob of non-persistent desktop disks; repeatable")
       ->trigger_on_parse()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);

@@ -52,7 +52,7 @@ class OpenFile {
 
 struct DirEntry {
   std::string name;
-  struct stat st;
+  struct stat st;  // as GetAttr would return; st_mode 0 if unknown (name-only entry)
 };
 
 // What setattr asks for; unset members stay unchanged.
@@ -69,7 +69,9 @@ class FileSystem {
  public:
   virtual ~FileSystem() = default;
 
-  // lstat semantics. st_ino is informational; the adapter assigns node ids.
+  // lstat semantics. The adapter assigns node ids but recognizes a file by
+  // (st_dev, st_ino): two live files must not share a non-zero pair, and one
+  // file should keep its pair (hard links share it). st_ino 0: "unknown".
   virtual Result<struct stat> GetAttr(const std::string& path) = 0;
   virtual Result<std::vector<DirEntry>> ReadDir(const std::string& path) = 0;
   virtual Result<std::string> ReadLink(const std::string& path) = 0;

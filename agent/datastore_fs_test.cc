@@ -1,0 +1,168 @@
+#include "agent/datastore_fs.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "backing/metered_backing.h"
+
+namespace goldcache::agent {
+namespace {
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << data;
+}
+
+class DatastoreFsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/gc-dsfs-test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    ds_ = dir_ + "/ds";
+    std::filesystem::create_directories(ds_ + "/templates");
+    std::filesystem::create_directories(ds_ + "/pool");
+    std::filesystem::create_directories(ds_ + "/iso");
+    content_ = RandomBytes(3 * 65536 + 100, 1);
+    WriteFile(ds_ + "/templates/t.img", content_);
+    WriteFile(ds_ + "/pool/vm1.img", content_);
+
+    backing_ =
+        backing::MakeMeteredBacking(std::move(backing::OpenPosixBacking(ds_)).value(), registry_);
+    cache::CacheOptions o;
+    o.dir = dir_ + "/cache";
+    o.capacity_bytes = 64 * 65536;
+    o.chunk_size = 65536;
+    o.registry = &registry_;
+    cache_ = std::move(cache::ChunkCache::Open(o)).value();
+    auto rules =
+        RuleSet::Create({{"templates/**", Role::kTemplate}, {"pool/**", Role::kNonpersistent}});
+    fs_ = std::make_unique<DatastoreFs>("ds", *backing_, std::move(rules).value(), *cache_,
+                                        registry_);
+  }
+  void TearDown() override {
+    fs_.reset();
+    cache_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  uint64_t Counter(const std::string& name, const metrics::Labels& labels = {}) {
+    return registry_.GetCounter(name, "", labels).Value();
+  }
+  std::string ReadAll(fuse::OpenFile& f, size_t size) {
+    std::string out(size, '\0');
+    auto n = f.Read(0, std::span<char>(out.data(), out.size()));
+    EXPECT_TRUE(n.ok()) << n.status().ToString();
+    out.resize(n.ok() ? *n : 0);
+    return out;
+  }
+
+  std::string dir_, ds_, content_;
+  metrics::Registry registry_;
+  std::unique_ptr<backing::Backing> backing_;
+  std::unique_ptr<cache::ChunkCache> cache_;
+  std::unique_ptr<DatastoreFs> fs_;
+};
+
+TEST_F(DatastoreFsTest, TemplateReadsComeFromTheDatastoreOnceThenFromTheCache) {
+  for (int i = 0; i < 3; ++i) {
+    auto f = fs_->Open("templates/t.img", O_RDONLY);
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(**f, content_.size()), content_);
+    (*f)->Release();
+  }
+  EXPECT_EQ(Counter("goldcache_datastore_read_bytes_total"), content_.size());
+  EXPECT_EQ(Counter("goldcache_read_bytes_total", {{"source", "datastore"}}), content_.size());
+  EXPECT_EQ(Counter("goldcache_read_bytes_total", {{"source", "cache"}}), 2 * content_.size());
+}
+
+TEST_F(DatastoreFsTest, EveryChangeToATemplateOrNonpersistentFileIsReadOnly) {
+  for (const char* path : {"templates/t.img", "pool/vm1.img"}) {
+    SCOPED_TRACE(path);
+    EXPECT_EQ(fs_->Open(path, O_RDWR).status().code(), Code::kReadOnly);
+    EXPECT_EQ(fs_->Open(path, O_RDONLY | O_TRUNC).status().code(), Code::kReadOnly);
+    fuse::SetAttrRequest truncate;
+    truncate.size = 0;
+    EXPECT_EQ(fs_->SetAttr(path, truncate, nullptr).status().code(), Code::kReadOnly);
+    EXPECT_EQ(fs_->Unlink(path).code(), Code::kReadOnly);
+    EXPECT_EQ(fs_->Rename(path, "iso/x", 0).code(), Code::kReadOnly);
+    auto f = fs_->Open(path, O_RDONLY);
+    ASSERT_TRUE(f.ok());
+    char b = 'x';
+    EXPECT_EQ((*f)->Write(0, std::span<const char>(&b, 1)).status().code(), Code::kReadOnly);
+    (*f)->Release();
+  }
+  EXPECT_EQ(fs_->Create("templates/new.img", O_WRONLY, 0644).status().code(), Code::kReadOnly);
+  EXPECT_EQ(fs_->Mkdir("pool/sub", 0755).status().code(), Code::kReadOnly);
+  EXPECT_EQ(fs_->Rename("iso", "templates/iso", 0).code(), Code::kReadOnly);
+  EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), 0u);
+  std::ifstream in(ds_ + "/templates/t.img", std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), content_);
+}
+
+TEST_F(DatastoreFsTest, PassthroughFilesGoToTheDatastore) {
+  auto f = fs_->Create("iso/notes.txt", O_WRONLY, 0644);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  std::string text = "hello datastore";
+  ASSERT_TRUE((*f)->Write(0, std::span<const char>(text.data(), text.size())).ok());
+  (*f)->Release();
+  std::ifstream in(ds_ + "/iso/notes.txt");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), text);
+  EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), text.size());
+}
+
+TEST_F(DatastoreFsTest, NewOpenAfterATemplateChangeReadsTheNewGeneration) {
+  auto f = fs_->Open("templates/t.img", O_RDONLY);
+  EXPECT_EQ(ReadAll(**f, content_.size()), content_);
+  EXPECT_TRUE((*f)->KeepCache());
+  (*f)->Release();
+  std::string v2 = RandomBytes(content_.size(), 2);
+  WriteFile(ds_ + "/templates/t.img", v2);
+  struct timespec times[2] = {{0, UTIME_OMIT}, {12345, 0}};  // a different mtime for sure
+  ASSERT_EQ(utimensat(AT_FDCWD, (ds_ + "/templates/t.img").c_str(), times, 0), 0);
+  auto g = fs_->Open("templates/t.img", O_RDONLY);
+  EXPECT_FALSE((*g)->KeepCache());  // the kernel must drop pages of the old generation
+  EXPECT_EQ(ReadAll(**g, v2.size()), v2);
+  (*g)->Release();
+  EXPECT_EQ(Counter("goldcache_template_generation_changes_total"), 1u);
+  EXPECT_EQ(Counter("goldcache_template_changed_while_open_total"), 0u);
+}
+
+TEST_F(DatastoreFsTest, ChangeUnderAnOpenHandleIsReportedAndNeverMixed) {
+  auto f = fs_->Open("templates/t.img", O_RDONLY);
+  std::string first(65536, '\0');
+  ASSERT_TRUE((*f)->Read(0, std::span<char>(first.data(), first.size())).ok());  // chunk 0 cached
+  std::string v2 = RandomBytes(content_.size(), 3);
+  WriteFile(ds_ + "/templates/t.img", v2);
+  struct timespec times[2] = {{0, UTIME_OMIT}, {54321, 0}};
+  ASSERT_EQ(utimensat(AT_FDCWD, (ds_ + "/templates/t.img").c_str(), times, 0), 0);
+  // Cached chunk of the old generation: still served, and it is old content.
+  std::string again(65536, '\0');
+  ASSERT_TRUE((*f)->Read(0, std::span<char>(again.data(), again.size())).ok());
+  EXPECT_EQ(again, content_.substr(0, 65536));
+  // Uncached chunk: the datastore now has other bytes; refuse instead of mixing.
+  auto r = (*f)->Read(65536, std::span<char>(again.data(), again.size()));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kStale);
+  EXPECT_EQ(Counter("goldcache_template_changed_while_open_total"), 1u);
+  // A new open while the old handle is still open: reported again, new content served.
+  auto g = fs_->Open("templates/t.img", O_RDONLY);
+  EXPECT_EQ(ReadAll(**g, v2.size()), v2);
+  EXPECT_EQ(Counter("goldcache_template_changed_while_open_total"), 2u);
+  (*f)->Release();
+  (*g)->Release();
+}
+
+}  // namespace
+}  // namespace goldcache::agent

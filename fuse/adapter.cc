@@ -1,0 +1,524 @@
+#include "fuse/adapter.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "fuse/errno_map.h"
+
+namespace goldcache::fuse {
+namespace {
+
+// The kernel and glibc treat d_ino == 0 as "no entry" (glibc's readdir skips
+// such entries), so a FileSystem that leaves st_ino unset still needs a
+// non-zero value in listings.
+constexpr ino_t kUnknownIno = ~static_cast<ino_t>(0);
+
+// What the desktop sees as st_ino: the FileSystem's when it has one (stable
+// across remounts, what `ls -i` and hard-link detection expect), else our id.
+struct stat WithIno(struct stat st, NodeId node) {
+  if (st.st_ino == 0) st.st_ino = node;
+  return st;
+}
+
+void ReplyStatus(fuse_req_t req, const Status& status) { fuse_reply_err(req, ToErrno(status)); }
+
+void ReplyNoPath(fuse_req_t req) {
+  // The node was unlinked (or an ancestor removed) and has no open handle
+  // that could answer instead: to the caller the name is gone.
+  fuse_reply_err(req, ENOENT);
+}
+
+FileHandle* HandleOf(const fuse_file_info* fi) {
+  return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));
+}
+
+// Directory listing captured at opendir. Offsets handed to the kernel are
+// indexes + 1 into `entries`, so a listing is stable however it is paged and
+// whatever changes in the directory meanwhile (POSIX allows either view).
+struct DirHandle {
+  std::vector<DirEntry> entries;  // "." and ".." first
+};
+
+DirHandle* DirHandleOf(const fuse_file_info* fi) {
+  return reinterpret_cast<DirHandle*>(static_cast<uintptr_t>(fi->fh));
+}
+
+bool IsDotOrDotDot(const std::string& name) { return name == "." || name == ".."; }
+
+}  // namespace
+
+static_assert(sizeof(fuse_ino_t) >= sizeof(NodeId), "node ids are passed as fuse_ino_t");
+static_assert(sizeof(uint64_t) >= sizeof(uintptr_t), "handles are passed in fi->fh");
+static_assert(kRootNodeId == FUSE_ROOT_ID);
+
+Adapter::Adapter(FileSystem& fs, const AdapterOptions& options) : fs_(fs), options_(options) {}
+
+Adapter& Adapter::Self(fuse_req_t req) { return *static_cast<Adapter*>(fuse_req_userdata(req)); }
+
+const fuse_lowlevel_ops& Adapter::Ops() {
+  static const fuse_lowlevel_ops ops = [] {
+    fuse_lowlevel_ops o;
+    std::memset(&o, 0, sizeof(o));
+    o.init = &Adapter::Init;
+    o.lookup = &Adapter::Lookup;
+    o.forget = &Adapter::Forget;
+    o.forget_multi = &Adapter::ForgetMulti;
+    o.getattr = &Adapter::GetAttr;
+    o.setattr = &Adapter::SetAttr;
+    o.readlink = &Adapter::ReadLink;
+    o.mkdir = &Adapter::Mkdir;
+    o.unlink = &Adapter::Unlink;
+    o.rmdir = &Adapter::Rmdir;
+    o.symlink = &Adapter::Symlink;
+    o.rename = &Adapter::Rename;
+    o.link = &Adapter::Link;
+    o.open = &Adapter::Open;
+    o.read = &Adapter::Read;
+    o.write = &Adapter::Write;
+    o.flush = &Adapter::Flush;
+    o.release = &Adapter::Release;
+    o.fsync = &Adapter::Fsync;
+    o.opendir = &Adapter::OpenDir;
+    o.readdir = &Adapter::ReadDir;
+    o.readdirplus = &Adapter::ReadDirPlus;
+    o.releasedir = &Adapter::ReleaseDir;
+    o.statfs = &Adapter::StatFs;
+    o.create = &Adapter::Create;
+    o.fallocate = &Adapter::Fallocate;
+    return o;
+  }();
+  return ops;
+}
+
+void Adapter::Init(void* userdata, fuse_conn_info* conn) {
+  auto* self = static_cast<Adapter*>(userdata);
+  auto want = [conn](unsigned cap) {
+    if (conn->capable & cap) conn->want |= cap;
+  };
+  want(FUSE_CAP_ASYNC_READ);       // several reads of one file in flight (QEMU, readahead)
+  want(FUSE_CAP_PARALLEL_DIROPS);  // lookups and readdir in one directory run in parallel
+  want(FUSE_CAP_READDIRPLUS);      // `ls -l` of a datastore folder: one round trip, not N+1
+  want(FUSE_CAP_READDIRPLUS_AUTO);
+  want(FUSE_CAP_ASYNC_DIO);  // QEMU cache=none AIO: its queue depth reaches us
+  // The kernel must not cache writes: a nonpersistent desktop's write is
+  // acknowledged by the overlay, and ENOSPC must reach the writer (QEMU pauses
+  // the VM) instead of surfacing later in writeback where it is lost.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+
+  // libfuse 3.14 derives max_pages (the kernel's request size cap, 32 pages
+  // by default) from max_write; 256 pages needs max_write = 1 MiB. Reads are
+  // also capped by max_read, which libfuse requires to equal the max_read
+  // mount option that Mount passes.
+  conn->max_write = kMaxRequestBytes;
+  conn->max_read = kMaxRequestBytes;
+  // The kernel also caps readahead at the bdi's read_ahead_kb, which Mount
+  // raises to match.
+  conn->max_readahead = kMaxRequestBytes;
+  // Async reads and AIO direct IO are "background" requests in the kernel;
+  // its default of 12 in flight would cap a QEMU queue depth of 32.
+  conn->max_background = self->options_.max_background;
+  conn->congestion_threshold = self->options_.max_background * 3 / 4;
+  spdlog::debug("fuse: init, kernel protocol {}.{}, want {:#x} of capable {:#x}", conn->proto_major,
+                conn->proto_minor, conn->want, conn->capable);
+}
+
+void Adapter::ReplyEntry(fuse_req_t req, NodeId parent, const char* name, struct stat st) {
+  NodeId node = inodes_.Lookup(parent, name, st);
+  if (node == 0) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  fuse_entry_param e;
+  std::memset(&e, 0, sizeof(e));
+  e.ino = node;
+  e.generation = 0;  // node ids are never reused
+  e.attr = WithIno(st, node);
+  e.attr_timeout = options_.attr_timeout;
+  e.entry_timeout = options_.entry_timeout;
+  // A reply that fails means the request was interrupted and the kernel will
+  // not remember this entry, so neither does the table.
+  if (fuse_reply_entry(req, &e) != 0) inodes_.Forget(node, 1);
+}
+
+void Adapter::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
+  if (!path) return ReplyNoPath(req);
+  Result<struct stat> st = self.fs_.GetAttr(*path);
+  if (!st.ok()) {
+    // Forget a name that vanished behind our back, so that it cannot be the
+    // path used for a node that still has other names.
+    if (st.status().code() == Code::kNotFound) self.inodes_.RemoveName(parent, name);
+    return ReplyStatus(req, st.status());
+  }
+  self.ReplyEntry(req, parent, name, *st);
+}
+
+void Adapter::Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Self(req).inodes_.Forget(ino, nlookup);
+  fuse_reply_none(req);
+}
+
+void Adapter::ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  Adapter& self = Self(req);
+  for (size_t i = 0; i < count; ++i) self.inodes_.Forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+Result<struct stat> Adapter::StatDetached(NodeId node) {
+  std::shared_ptr<FileHandle> handle = inodes_.AnyHandle(node);
+  if (handle == nullptr) return Status::Error(Code::kNotFound, "node has no path", ENOENT);
+  std::lock_guard lock(handle->release_mu);
+  if (handle->released) return Status::Error(Code::kNotFound, "node has no path", ENOENT);
+  return handle->file->Stat();
+}
+
+void Adapter::GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Adapter& self = Self(req);
+  Result<struct stat> st = [&]() -> Result<struct stat> {
+    if (fi != nullptr) return HandleOf(fi)->file->Stat();
+    if (std::optional<std::string> path = self.inodes_.Path(ino)) return self.fs_.GetAttr(*path);
+    return self.StatDetached(ino);
+  }
+  ();
+  if (!st.ok()) return ReplyStatus(req, st.status());
+  struct stat out = WithIno(*st, ino);
+  fuse_reply_attr(req, &out, self.options_.attr_timeout);
+}
+
+void Adapter::SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+                      fuse_file_info* fi) {
+  Adapter& self = Self(req);
+  SetAttrRequest r;
+  if (to_set & FUSE_SET_ATTR_MODE) r.mode = attr->st_mode & 07777;
+  if (to_set & FUSE_SET_ATTR_UID) r.uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID) r.gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_SIZE) r.size = static_cast<uint64_t>(attr->st_size);
+  if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+    r.atime = timespec{0, UTIME_NOW};
+  } else if (to_set & FUSE_SET_ATTR_ATIME) {
+    r.atime = attr->st_atim;
+  }
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+    r.mtime = timespec{0, UTIME_NOW};
+  } else if (to_set & FUSE_SET_ATTR_MTIME) {
+    r.mtime = attr->st_mtim;
+  }
+  // FUSE_SET_ATTR_CTIME accompanies the others; the FileSystem sets ctime as
+  // a side effect of any change, as the OS does.
+  OpenFile* file = fi != nullptr ? HandleOf(fi)->file.get() : nullptr;
+
+  Result<struct stat> st = [&]() -> Result<struct stat> {
+    if (std::optional<std::string> path = self.inodes_.Path(ino)) {
+      return self.fs_.SetAttr(*path, r, file);
+    }
+    // ftruncate() of a file unlinked while open: only the handle can do it.
+    if (file != nullptr && r.size && !r.mode && !r.uid && !r.gid && !r.atime && !r.mtime) {
+      GC_RETURN_IF_ERROR(file->Truncate(*r.size));
+      return file->Stat();
+    }
+    return Status::Error(Code::kNotFound, "node has no path", ENOENT);
+  }
+  ();
+  if (!st.ok()) return ReplyStatus(req, st.status());
+  struct stat out = WithIno(*st, ino);
+  fuse_reply_attr(req, &out, self.options_.attr_timeout);
+}
+
+void Adapter::ReadLink(fuse_req_t req, fuse_ino_t ino) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.Path(ino);
+  if (!path) return ReplyNoPath(req);
+  Result<std::string> target = self.fs_.ReadLink(*path);
+  if (!target.ok()) return ReplyStatus(req, target.status());
+  fuse_reply_readlink(req, target->c_str());
+}
+
+void Adapter::Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
+  if (!path) return ReplyNoPath(req);
+  Result<struct stat> st = self.fs_.Mkdir(*path, mode);
+  if (!st.ok()) return ReplyStatus(req, st.status());
+  self.ReplyEntry(req, parent, name, *st);
+}
+
+void Adapter::Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
+  if (!path) return ReplyNoPath(req);
+  Status s = self.fs_.Unlink(*path);
+  if (s.ok()) self.inodes_.RemoveName(parent, name);
+  ReplyStatus(req, s);
+}
+
+void Adapter::Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
+  if (!path) return ReplyNoPath(req);
+  Status s = self.fs_.Rmdir(*path);
+  if (s.ok()) self.inodes_.RemoveName(parent, name);
+  ReplyStatus(req, s);
+}
+
+void Adapter::Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
+  if (!path) return ReplyNoPath(req);
+  Result<struct stat> st = self.fs_.Symlink(target, *path);
+  if (!st.ok()) return ReplyStatus(req, st.status());
+  self.ReplyEntry(req, parent, name, *st);
+}
+
+void Adapter::Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+                     const char* new_name, unsigned int flags) {
+  Adapter& self = Self(req);
+  std::optional<std::string> from = self.inodes_.ChildPath(parent, name);
+  std::optional<std::string> to = self.inodes_.ChildPath(new_parent, new_name);
+  if (!from || !to) return ReplyNoPath(req);
+  Status s = self.fs_.Rename(*from, *to, flags);
+  if (s.ok()) {
+    self.inodes_.Rename(parent, name, new_parent, new_name, (flags & RENAME_EXCHANGE) != 0);
+  }
+  ReplyStatus(req, s);
+}
+
+void Adapter::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
+  Adapter& self = Self(req);
+  std::optional<std::string> existing = self.inodes_.Path(ino);
+  std::optional<std::string> path = self.inodes_.ChildPath(new_parent, new_name);
+  if (!existing || !path) return ReplyNoPath(req);
+  Result<struct stat> st = self.fs_.Link(*existing, *path);
+  if (!st.ok()) return ReplyStatus(req, st.status());
+  // The new name resolves, through (st_dev, st_ino), to the node `ino`, as
+  // the kernel expects of a hard link.
+  self.ReplyEntry(req, new_parent, new_name, *st);
+}
+
+bool Adapter::ReplyOpen(fuse_req_t req, NodeId node, std::unique_ptr<OpenFile> file,
+                        fuse_file_info* fi, const fuse_entry_param* entry) {
+  const bool keep_cache = file->KeepCache();
+  auto handle = std::make_shared<FileHandle>(node, std::move(file));
+  if (!inodes_.AddHandle(handle)) {
+    // Only a kernel/adapter disagreement about node ids gets here.
+    handle->file->Release();
+    fuse_reply_err(req, ESTALE);
+    return false;
+  }
+  fi->fh = reinterpret_cast<uintptr_t>(handle.get());
+  // direct_io stays off: the page cache may serve repeated reads of template
+  // blocks, and O_DIRECT opens (QEMU cache=none) bypass it on their own.
+  fi->direct_io = 0;
+  fi->keep_cache = keep_cache ? 1 : 0;
+  // fuse_file_info in libfuse 3.14 has no parallel_direct_writes bit; the
+  // kernel serializes direct writes per file until libfuse exposes it.
+  int rc = entry != nullptr ? fuse_reply_create(req, entry, fi) : fuse_reply_open(req, fi);
+  if (rc == 0) return true;
+  // Interrupted: the kernel never saw the handle and will not release it.
+  ReleaseHandle(handle.get());
+  return false;
+}
+
+void Adapter::ReleaseHandle(FileHandle* handle) {
+  std::shared_ptr<FileHandle> owned = inodes_.RemoveHandle(handle);
+  if (owned == nullptr) return;
+  std::lock_guard lock(owned->release_mu);
+  owned->released = true;
+  owned->file->Release();
+  // The OpenFile is destroyed with the last reference: here, or by a
+  // StatDetached() that borrowed the handle and has not yet returned.
+}
+
+void Adapter::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.Path(ino);
+  if (!path) return ReplyNoPath(req);
+  Result<std::unique_ptr<OpenFile>> file = self.fs_.Open(*path, fi->flags);
+  if (!file.ok()) return ReplyStatus(req, file.status());
+  self.ReplyOpen(req, ino, std::move(*file), fi, nullptr);
+}
+
+void Adapter::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                     fuse_file_info* fi) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
+  if (!path) return ReplyNoPath(req);
+  Result<std::unique_ptr<OpenFile>> file = self.fs_.Create(*path, fi->flags, mode);
+  if (!file.ok()) return ReplyStatus(req, file.status());
+  Result<struct stat> st = (*file)->Stat();
+  if (!st.ok()) {
+    (*file)->Release();
+    return ReplyStatus(req, st.status());
+  }
+  NodeId node = self.inodes_.Lookup(parent, name, *st);
+  if (node == 0) {
+    (*file)->Release();
+    return (void)fuse_reply_err(req, ESTALE);
+  }
+  fuse_entry_param e;
+  std::memset(&e, 0, sizeof(e));
+  e.ino = node;
+  e.attr = WithIno(*st, node);
+  e.attr_timeout = self.options_.attr_timeout;
+  e.entry_timeout = self.options_.entry_timeout;
+  if (!self.ReplyOpen(req, node, std::move(*file), fi, &e)) self.inodes_.Forget(node, 1);
+}
+
+void Adapter::Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  // One buffer per worker thread, grown to the largest request it served
+  // (at most kMaxRequestBytes): no allocation on the read path.
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  Result<size_t> n =
+      HandleOf(fi)->file->Read(static_cast<uint64_t>(off), std::span<char>(buffer.data(), size));
+  if (!n.ok()) return ReplyStatus(req, n.status());
+  fuse_reply_buf(req, buffer.data(), *n);
+}
+
+void Adapter::Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+                    fuse_file_info* fi) {
+  Result<size_t> n =
+      HandleOf(fi)->file->Write(static_cast<uint64_t>(off), std::span<const char>(buf, size));
+  if (!n.ok()) return ReplyStatus(req, n.status());
+  fuse_reply_write(req, *n);
+}
+
+void Adapter::Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  // close(2) has nothing to push: writes are not cached in the kernel and
+  // durability is fsync's job.
+  fuse_reply_err(req, 0);
+}
+
+void Adapter::Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Self(req).ReleaseHandle(HandleOf(fi));
+  fuse_reply_err(req, 0);
+}
+
+void Adapter::Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  ReplyStatus(req, HandleOf(fi)->file->Fsync(datasync != 0));
+}
+
+void Adapter::Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                        fuse_file_info* fi) {
+  ReplyStatus(req, HandleOf(fi)->file->Fallocate(mode, static_cast<uint64_t>(offset),
+                                                 static_cast<uint64_t>(length)));
+}
+
+void Adapter::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Adapter& self = Self(req);
+  std::optional<std::string> path = self.inodes_.Path(ino);
+  if (!path) return ReplyNoPath(req);
+  Result<std::vector<DirEntry>> listing = self.fs_.ReadDir(*path);
+  if (!listing.ok()) return ReplyStatus(req, listing.status());
+  auto dir = std::make_unique<DirHandle>();
+  dir->entries.reserve(listing->size() + 2);
+  for (const char* dot : {".", ".."}) {
+    DirEntry e;
+    e.name = dot;
+    std::memset(&e.st, 0, sizeof(e.st));
+    e.st.st_mode = S_IFDIR;
+    e.st.st_ino = kUnknownIno;
+    dir->entries.push_back(std::move(e));
+  }
+  for (DirEntry& e : *listing) {
+    if (IsDotOrDotDot(e.name)) continue;
+    dir->entries.push_back(std::move(e));
+  }
+  fi->fh = reinterpret_cast<uintptr_t>(dir.get());
+  if (fuse_reply_open(req, fi) == 0) dir.release();  // owned by the kernel until releasedir
+}
+
+void Adapter::DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                        bool plus) {
+  const DirHandle& dir = *DirHandleOf(fi);
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  size_t used = 0;
+  std::vector<NodeId> counted;  // nodes whose lookup count this reply raised
+  for (size_t i = static_cast<size_t>(std::max<off_t>(off, 0)); i < dir.entries.size(); ++i) {
+    const DirEntry& entry = dir.entries[i];
+    const off_t next = static_cast<off_t>(i + 1);
+    char* out = buffer.data() + used;
+    const size_t room = size - used;
+    size_t len;
+    if (!plus) {
+      struct stat st = entry.st;
+      if (st.st_ino == 0) st.st_ino = kUnknownIno;
+      len = fuse_add_direntry(req, out, room, entry.name.c_str(), &st, next);
+      if (len > room) break;
+    } else {
+      // Measure first: the lookup count may only be raised for an entry
+      // that is really in the reply.
+      len = fuse_add_direntry_plus(req, nullptr, 0, entry.name.c_str(), nullptr, next);
+      if (len > room) break;
+      fuse_entry_param e;
+      std::memset(&e, 0, sizeof(e));
+      // "." and ".." are never looked up (the kernel ignores them), and an
+      // entry without attributes (st_mode 0) is passed as name only (ino 0):
+      // the kernel then sends a LOOKUP of its own when it needs the entry.
+      if (IsDotOrDotDot(entry.name) || entry.st.st_mode == 0) {
+        e.attr.st_ino = entry.st.st_ino == 0 ? kUnknownIno : entry.st.st_ino;
+        e.attr.st_mode = entry.st.st_mode;
+      } else {
+        // Attributes only for nodes the kernel does not know yet. For a known
+        // node the snapshot may be older than what the kernel saw since (a
+        // desktop extended its disk), and stale attributes would shrink its
+        // i_size and drop its page cache; the kernel revalidates those itself.
+        NodeId node = inodes_.LookupIfUnknown(ino, entry.name, entry.st);
+        if (node != 0) {
+          counted.push_back(node);
+          e.ino = node;
+          e.attr = WithIno(entry.st, node);
+          e.attr_timeout = options_.attr_timeout;
+          e.entry_timeout = options_.entry_timeout;
+        } else {
+          e.attr.st_ino = kUnknownIno;
+          e.attr.st_mode = entry.st.st_mode;
+        }
+      }
+      len = fuse_add_direntry_plus(req, out, room, entry.name.c_str(), &e, next);
+    }
+    used += len;
+  }
+  if (fuse_reply_buf(req, buffer.data(), used) != 0) {
+    for (NodeId node : counted) inodes_.Forget(node, 1);
+  }
+}
+
+void Adapter::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Self(req).DoReadDir(req, ino, size, off, fi, /*plus=*/false);
+}
+
+void Adapter::ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                          fuse_file_info* fi) {
+  Self(req).DoReadDir(req, ino, size, off, fi, /*plus=*/true);
+}
+
+void Adapter::ReleaseDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  delete DirHandleOf(fi);
+  fuse_reply_err(req, 0);
+}
+
+void Adapter::StatFs(fuse_req_t req, fuse_ino_t ino) {
+  Adapter& self = Self(req);
+  Result<struct statvfs> st = self.fs_.StatFs();
+  if (st.ok()) {
+    fuse_reply_statfs(req, &*st);
+  } else {
+    ReplyStatus(req, st.status());
+  }
+  // Mount::Exit wakes the session loop with a statfs(2) of the mountpoint;
+  // ending the session only after replying keeps that caller from hanging.
+  if (fuse_session* se = self.exit_session_.load(std::memory_order_acquire)) {
+    fuse_session_exit(se);
+  }
+}
+
+}  // namespace goldcache::fuse
