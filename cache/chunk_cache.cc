@@ -203,7 +203,59 @@ Result<index::GenerationBinding> ChunkCache::BindGeneration(const index::Generat
 
 Status ChunkCache::FlushIndex() { return index_->Flush(); }
 
-uint64_t ChunkCache::capacity_bytes() const { return slots_ * chunk_size_; }
+uint64_t ChunkCache::capacity_bytes() const {
+  std::lock_guard lock(mu_);
+  return (slots_ - lent_slots_.size()) * chunk_size_;
+}
+
+uint64_t ChunkCache::LendSpace(uint64_t bytes) {
+  const uint64_t want = (bytes + chunk_size_ - 1) / chunk_size_;
+  std::vector<uint64_t> taken;
+  for (int round = 0; round < 2 && taken.size() < want; ++round) {
+    {
+      std::lock_guard lock(mu_);
+      ReclaimLocked();
+      // Keep two slots: the cache still has to be able to serve a miss.
+      const uint64_t keep = 2;
+      uint64_t lendable = slots_ - lent_slots_.size() - taken.size();
+      lendable = lendable > keep ? lendable - keep : 0;
+      uint64_t n = std::min<uint64_t>(want - taken.size(), lendable);
+      if (free_slots_.size() < n) EvictLocked(n - free_slots_.size());
+      ReclaimLocked();
+      while (taken.size() < want && lendable > 0 && !free_slots_.empty()) {
+        taken.push_back(free_slots_.back());
+        free_slots_.pop_back();
+        --lendable;
+      }
+      if (taken.size() >= want || pending_free_.empty()) break;
+    }
+    // Evicted slots become free once their deletes are durable.
+    Status st = index_->Flush();
+    if (!st.ok())
+      spdlog::error("cache: index commit failed while lending space: {}", st.ToString());
+  }
+  for (uint64_t slot : taken) {
+    Status st = store_->Punch(slot);
+    if (!st.ok()) spdlog::warn("cache: {}", st.ToString());  // lent all the same: never reused
+  }
+  std::lock_guard lock(mu_);
+  lent_slots_.insert(lent_slots_.end(), taken.begin(), taken.end());
+  if (!taken.empty()) {
+    spdlog::info("cache: lent {} bytes to overlays (capacity now {} bytes)",
+                 taken.size() * chunk_size_, (slots_ - lent_slots_.size()) * chunk_size_);
+  }
+  return taken.size() * chunk_size_;
+}
+
+uint64_t ChunkCache::ReturnSpace(uint64_t bytes) {
+  std::lock_guard lock(mu_);
+  uint64_t n = std::min<uint64_t>(bytes / chunk_size_, lent_slots_.size());
+  for (uint64_t i = 0; i < n; ++i) {
+    free_slots_.push_back(lent_slots_.back());
+    lent_slots_.pop_back();
+  }
+  return n * chunk_size_;
+}
 
 uint64_t ChunkCache::used_bytes() const {
   std::lock_guard lock(mu_);

@@ -93,6 +93,15 @@ class ChunkCache {
   // Commits index changes now (tests, clean shutdown).
   Status FlushIndex();
 
+  // Space order (invariant 5): overlays outrank the read cache. LendSpace
+  // shrinks the cache by up to `bytes`, rounded up to whole chunks, evicting
+  // as it must (never a chunk being read) and punching the lent slots out of
+  // chunks.dat. Returns the bytes lent, which may be less than asked (or
+  // more, by the rounding). ReturnSpace lets the cache grow back by up to
+  // `bytes`, in whole chunks; returns the bytes taken back.
+  uint64_t LendSpace(uint64_t bytes);
+  uint64_t ReturnSpace(uint64_t bytes);
+
   uint32_t chunk_size() const { return chunk_size_; }
   uint64_t capacity_bytes() const;
   uint64_t used_bytes() const;
@@ -150,6 +159,7 @@ class ChunkCache {
   std::vector<uint32_t> slot_pins_;        // GUARDED_BY(mu_) readers of each slot
   std::vector<uint64_t> free_slots_;       // GUARDED_BY(mu_)
   std::vector<PendingFree> pending_free_;  // GUARDED_BY(mu_)
+  std::vector<uint64_t> lent_slots_;       // GUARDED_BY(mu_) space lent to overlays
   std::unordered_map<GenerationId, uint64_t> bytes_by_generation_;  // GUARDED_BY(mu_)
   uint64_t used_bytes_ = 0;                                         // GUARDED_BY(mu_)
 };

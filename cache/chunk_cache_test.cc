@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -294,6 +295,33 @@ TEST_F(ChunkCacheTest, CacheMadeWithAnotherChunkSizeIsDiscarded) {
   src.reads = 0;
   ReadAllAndCheck(*cache, Bind(*cache, src.data().size()), src);
   EXPECT_EQ(src.reads.load(), 1u);
+}
+
+TEST_F(ChunkCacheTest, LendsSpaceToOverlaysByEvictingAndGrowsBackWhenReturned) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg, 8 * kChunk);
+  // 6 chunks: the cache evicts one slot ahead, so 8 slots hold 7 at most.
+  CountingSource src(RandomBytes(6 * kChunk, 13));
+  GenerationId gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  EXPECT_EQ(cache->used_bytes(), 6 * kChunk);
+  // Overlays need 3 chunks and a bit: the cache gives 4 whole chunks.
+  EXPECT_EQ(cache->LendSpace(3 * kChunk + 1), 4 * kChunk);
+  EXPECT_EQ(cache->capacity_bytes(), 4 * kChunk);
+  EXPECT_LE(cache->used_bytes(), 4 * kChunk);
+  struct stat st;
+  ASSERT_EQ(stat((dir_ + "/cache/chunks.dat").c_str(), &st), 0);
+  EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, 4 * kChunk + 65536);  // really given back
+  // Never below two chunks: the cache must still be able to serve a miss.
+  EXPECT_EQ(cache->LendSpace(100 * kChunk), 2 * kChunk);
+  ReadAllAndCheck(*cache, gen, src);  // still correct, with less room
+  EXPECT_LE(cache->used_bytes(), cache->capacity_bytes());
+  EXPECT_EQ(cache->ReturnSpace(6 * kChunk), 6 * kChunk);
+  EXPECT_EQ(cache->capacity_bytes(), 8 * kChunk);
+  ReadAllAndCheck(*cache, gen, src);
+  src.reads = 0;
+  ReadAllAndCheck(*cache, gen, src);
+  EXPECT_EQ(src.reads.load(), 0u);  // grown back: everything fits again
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "cache/chunk_store.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <unistd.h>
 
 #include "cache/checksum.h"
@@ -83,6 +84,14 @@ Status ChunkStore::Read(uint64_t slot, uint32_t offset, std::span<char> out,
 Status ChunkStore::ReadTable(uint64_t slot, std::span<uint32_t> table) {
   IoRequest req{sums_fd_, TableOffset(slot), table.data(), table.size_bytes(), false};
   return rings_.Run(std::span<IoRequest>(&req, 1));
+}
+
+Status ChunkStore::Punch(uint64_t slot) {
+  if (fallocate(data_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                static_cast<off_t>(slot * chunk_size_), chunk_size_) != 0) {
+    return Status::FromErrno(errno, "punching slot " + std::to_string(slot) + " of chunks.dat");
+  }
+  return Status::Ok();
 }
 
 Status ChunkStore::Sync() {

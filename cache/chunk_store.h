@@ -41,6 +41,8 @@ class ChunkStore {
   // first table.size() checksums into `table`, in one submission.
   Status Read(uint64_t slot, uint32_t offset, std::span<char> out, std::span<uint32_t> table);
   Status ReadTable(uint64_t slot, std::span<uint32_t> table);
+  // Gives a slot's disk space back to the file system; the slot reads as zeros.
+  Status Punch(uint64_t slot);
   // Makes every Write that returned before this call durable.
   Status Sync();
 
