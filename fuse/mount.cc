@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -187,9 +188,15 @@ Result<std::string> PrepareMountpoint(const std::string& mountpoint) {
   if (mountpoint.empty()) {
     return Status::Error(Code::kInvalidArgument, "no mountpoint given");
   }
+  // A FUSE mount whose daemon died (our previous run, killed) stays until
+  // someone unmounts it. statvfs always asks the daemon, so it tells such a
+  // mount at once; stat may still answer from the kernel's attribute cache
+  // for a while after the crash.
+  struct statvfs vfs;
+  bool stale = statvfs(mountpoint.c_str(), &vfs) != 0 && IsDisconnected(errno);
   struct stat st;
-  if (stat(mountpoint.c_str(), &st) != 0) {
-    int err = errno;
+  if (stale || stat(mountpoint.c_str(), &st) != 0) {
+    int err = stale ? ENOTCONN : errno;
     if (!IsDisconnected(err)) {
       if (err == ENOENT) {
         return Status::Error(Code::kNotFound, "mountpoint " + mountpoint + " does not exist",
@@ -197,8 +204,6 @@ Result<std::string> PrepareMountpoint(const std::string& mountpoint) {
       }
       return Status::FromErrno(err, "mountpoint " + mountpoint);
     }
-    // A FUSE mount whose daemon died: the kernel keeps it until someone
-    // unmounts it, and every access fails. Our previous run left it.
     spdlog::warn("fuse: {} is a stale FUSE mount (a crashed agent?); detaching it", mountpoint);
     if (umount2(mountpoint.c_str(), MNT_DETACH) != 0) {
       return Status::FromErrno(errno, "detaching stale mount at " + mountpoint);
