@@ -1,8 +1,11 @@
 #include "agent/datastore_fs.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace goldcache::agent {
@@ -33,6 +36,14 @@ struct DatastoreFs::Counters {
         read_datastore(r.GetCounter("goldcache_read_bytes_total",
                                     "Bytes returned to readers, by where they came from.",
                                     {{"source", "datastore"}})),
+        read_overlay(r.GetCounter("goldcache_read_bytes_total",
+                                  "Bytes returned to readers, by where they came from.",
+                                  {{"source", "overlay"}})),
+        desktop_resets(r.GetCounter("goldcache_desktop_resets_total",
+                                    "Overlays discarded, by reason.", {{"reason", "last_close"}})),
+        desktop_manual_resets(r.GetCounter("goldcache_desktop_resets_total",
+                                           "Overlays discarded, by reason.",
+                                           {{"reason", "command"}})),
         latency_cache(r.GetHistogram("goldcache_read_latency_seconds",
                                      "Latency of reads through the mount, by source.",
                                      {{"source", "cache"}}, metrics::LatencyBuckets())),
@@ -52,6 +63,9 @@ struct DatastoreFs::Counters {
                                        "Changes refused (EROFS) because of a file's role.")) {}
   metrics::Counter& read_cache;
   metrics::Counter& read_datastore;
+  metrics::Counter& read_overlay;
+  metrics::Counter& desktop_resets;
+  metrics::Counter& desktop_manual_resets;
   metrics::Histogram& latency_cache;
   metrics::Histogram& latency_datastore;
   metrics::Counter& generation_changes;
@@ -61,36 +75,14 @@ struct DatastoreFs::Counters {
   metrics::Counter& readonly_refusals;
 };
 
-// A template or nonpersistent file: datastore content of one generation,
-// read through the chunk cache. Read-only until the overlay exists.
-class DatastoreFs::CachedFile : public fuse::OpenFile, public cache::ChunkSource {
+// The datastore file of one generation, as the chunk cache's source of
+// misses: bytes of exactly that generation, or kStale.
+class DatastoreFs::GenerationSource : public cache::ChunkSource {
  public:
-  CachedFile(DatastoreFs& fs, std::string path, index::GenerationKey key, index::GenerationId gen,
-             std::unique_ptr<backing::BackingFile> file, bool keep_cache)
-      : fs_(fs),
-        path_(std::move(path)),
-        key_(std::move(key)),
-        gen_(gen),
-        file_(std::move(file)),
-        keep_cache_(keep_cache) {}
+  GenerationSource(DatastoreFs& fs, std::string path, index::GenerationKey key,
+                   index::GenerationId gen, std::unique_ptr<backing::BackingFile> file)
+      : fs_(fs), path_(std::move(path)), key_(std::move(key)), gen_(gen), file_(std::move(file)) {}
 
-  Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
-    auto start = std::chrono::steady_clock::now();
-    auto r = fs_.cache_.Read(gen_, key_.size, offset, buf, *this);
-    Counters& c = *fs_.counters_;
-    if (!r.ok()) {
-      (r.status().code() == Code::kStale ? c.stale_reads : c.read_errors).Add();
-      spdlog::error("{}: read of {} bytes at {} failed: {}", path_, buf.size(), offset,
-                    r.status().ToString());
-      return r.status();
-    }
-    c.read_datastore.Add(r->from_datastore);
-    c.read_cache.Add(r->bytes - r->from_datastore);
-    (r->from_datastore ? c.latency_datastore : c.latency_cache).Observe(SecondsSince(start));
-    return r->bytes;
-  }
-
-  // ChunkSource: the datastore bytes of exactly this generation, or kStale.
   Result<size_t> ReadAt(uint64_t offset, std::span<char> buf) override {
     auto n = file_->ReadAt(offset, buf);
     if (!n.ok()) return n;
@@ -102,7 +94,7 @@ class DatastoreFs::CachedFile : public fuse::OpenFile, public cache::ChunkSource
       if (!reported_change_.exchange(true)) {
         fs_.counters_->changed_while_open.Add();
         spdlog::error(
-            "{}: the template changed on the datastore while open (generation {}); this handle "
+            "{}: the file changed on the datastore while open (generation {}); this handle "
             "keeps its generation, uncached reads on it fail with EIO until it is reopened",
             path_, gen_);
       }
@@ -111,33 +103,148 @@ class DatastoreFs::CachedFile : public fuse::OpenFile, public cache::ChunkSource
     return n;
   }
 
-  Result<size_t> Write(uint64_t, std::span<const char>) override { return ReadOnly(); }
-  Status Fsync(bool) override { return Status::Ok(); }
-  Status Fallocate(int, uint64_t, uint64_t) override { return ReadOnly(); }
-  Status Truncate(uint64_t) override { return ReadOnly(); }
-  Result<struct stat> Stat() override {
+  // Reads through the chunk cache, counting where the bytes came from.
+  Result<cache::ReadOutcome> Read(uint64_t offset, std::span<char> buf) {
+    auto r = fs_.cache_.Read(gen_, key_.size, offset, buf, *this);
+    if (!r.ok()) {
+      Counters& c = *fs_.counters_;
+      (r.status().code() == Code::kStale ? c.stale_reads : c.read_errors).Add();
+      spdlog::error("{}: read of {} bytes at {} failed: {}", path_, buf.size(), offset,
+                    r.status().ToString());
+    }
+    return r;
+  }
+
+  Result<struct stat> Stat() {
     auto st = file_->Stat();
-    if (!st.ok()) return st;
-    st->st_size = static_cast<off_t>(key_.size);  // this handle's generation
+    if (st.ok()) st->st_size = static_cast<off_t>(key_.size);  // this generation's size
     return st;
   }
-  bool KeepCache() const override { return keep_cache_; }
-  void Release() override { fs_.OnCachedFileClosed(path_, gen_); }
+  uint64_t size() const { return key_.size; }
+  index::GenerationId generation() const { return gen_; }
 
  private:
-  Status ReadOnly() {
-    fs_.counters_->readonly_refusals.Add();
-    return Status::Error(Code::kReadOnly, path_ + " is read-only through goldcache (" +
-                                              RoleName(fs_.rules_.RoleOf(path_)) + ")");
-  }
-
   DatastoreFs& fs_;
   const std::string path_;
   const index::GenerationKey key_;
   const index::GenerationId gen_;
   const std::unique_ptr<backing::BackingFile> file_;
-  const bool keep_cache_;
   std::atomic<bool> reported_change_{false};
+};
+
+// A template: datastore content of one generation, read through the chunk
+// cache, read-only.
+class DatastoreFs::CachedFile : public fuse::OpenFile {
+ public:
+  CachedFile(DatastoreFs& fs, std::string path, std::unique_ptr<GenerationSource> source,
+             bool keep_cache)
+      : fs_(fs), path_(std::move(path)), source_(std::move(source)), keep_cache_(keep_cache) {}
+
+  Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
+    auto start = std::chrono::steady_clock::now();
+    auto r = source_->Read(offset, buf);
+    if (!r.ok()) return r.status();
+    Counters& c = *fs_.counters_;
+    c.read_datastore.Add(r->from_datastore);
+    c.read_cache.Add(r->bytes - r->from_datastore);
+    (r->from_datastore ? c.latency_datastore : c.latency_cache).Observe(SecondsSince(start));
+    return r->bytes;
+  }
+  Result<size_t> Write(uint64_t, std::span<const char>) override { return ReadOnly(); }
+  Status Fsync(bool) override { return Status::Ok(); }
+  Status Fallocate(int, uint64_t, uint64_t) override { return ReadOnly(); }
+  Status Truncate(uint64_t) override { return ReadOnly(); }
+  Result<struct stat> Stat() override { return source_->Stat(); }
+  bool KeepCache() const override { return keep_cache_; }
+  void Release() override { fs_.OnCachedFileClosed(path_, source_->generation()); }
+
+ private:
+  Status ReadOnly() { return fs_.ReadOnly(path_, "a template"); }
+
+  DatastoreFs& fs_;
+  const std::string path_;
+  const std::unique_ptr<GenerationSource> source_;
+  const bool keep_cache_;
+};
+
+// A nonpersistent file: one overlay, shared by every open handle of the path.
+struct DatastoreFs::Desktop {
+  std::string path;  // GUARDED_BY(DatastoreFs::mu_): renames move it
+  bool local_only = false;
+  std::unique_ptr<GenerationSource> base;  // null when local_only
+  std::unique_ptr<overlay::Overlay> overlay;
+  struct stat attr {};   // GUARDED_BY(DatastoreFs::mu_); st_size comes from the overlay
+  int open_handles = 0;  // GUARDED_BY(DatastoreFs::mu_)
+};
+
+class DatastoreFs::DesktopFile : public fuse::OpenFile {
+ public:
+  DesktopFile(DatastoreFs& fs, std::shared_ptr<Desktop> desktop)
+      : fs_(fs), d_(std::move(desktop)) {}
+
+  Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
+    auto start = std::chrono::steady_clock::now();
+    // The base under the overlay: the datastore file through the chunk cache.
+    struct Base : overlay::BaseReader {
+      GenerationSource* source = nullptr;
+      uint64_t bytes = 0, from_datastore = 0;
+      Result<size_t> ReadBase(uint64_t offset, std::span<char> out) override {
+        if (source == nullptr) return size_t{0};
+        auto r = source->Read(offset, out);
+        if (!r.ok()) return r.status();
+        bytes += r->bytes;
+        from_datastore += r->from_datastore;
+        return r->bytes;
+      }
+    } base;
+    base.source = d_->base.get();
+    auto n = d_->overlay->Read(offset, buf, base);
+    if (!n.ok()) return n;
+    Counters& c = *fs_.counters_;
+    c.read_overlay.Add(*n - std::min<uint64_t>(*n, base.bytes));
+    c.read_cache.Add(base.bytes - base.from_datastore);
+    c.read_datastore.Add(base.from_datastore);
+    (base.from_datastore ? c.latency_datastore : c.latency_cache).Observe(SecondsSince(start));
+    return n;
+  }
+  Result<size_t> Write(uint64_t offset, std::span<const char> buf) override {
+    GC_RETURN_IF_ERROR(d_->overlay->Write(offset, buf));
+    return buf.size();
+  }
+  // Non-persistent by contract: in the overlay is as durable as it gets.
+  Status Fsync(bool) override { return Status::Ok(); }
+  Status Fallocate(int mode, uint64_t offset, uint64_t length) override {
+    const uint64_t end = offset + length;
+    const bool keep_size = mode & FALLOC_FL_KEEP_SIZE;
+    switch (mode & ~FALLOC_FL_KEEP_SIZE) {
+      case 0:  // reserve: nothing to reserve in an overlay, but the size grows
+        if (!keep_size && end > d_->overlay->size()) return d_->overlay->Truncate(end);
+        return Status::Ok();
+      case FALLOC_FL_PUNCH_HOLE:  // guest TRIM (QEMU discard=unmap)
+        return d_->overlay->PunchHole(offset, length);
+      case FALLOC_FL_ZERO_RANGE:
+        if (!keep_size && end > d_->overlay->size()) {
+          GC_RETURN_IF_ERROR(d_->overlay->Truncate(end));
+        }
+        return d_->overlay->PunchHole(offset, length);
+      default:
+        return Status::Error(Code::kNotSupported, "fallocate mode " + std::to_string(mode));
+    }
+  }
+  Result<struct stat> Stat() override {
+    std::lock_guard lock(fs_.mu_);
+    return DesktopAttr(*d_);
+  }
+  Status Truncate(uint64_t size) override { return d_->overlay->Truncate(size); }
+  // Page-cache contents from before a reset must not survive it.
+  bool KeepCache() const override { return false; }
+  void Release() override { fs_.OnDesktopClosed(d_); }
+
+  const std::shared_ptr<Desktop>& desktop() const { return d_; }
+
+ private:
+  DatastoreFs& fs_;
+  const std::shared_ptr<Desktop> d_;
 };
 
 // Everything else: the datastore file itself.
@@ -172,31 +279,75 @@ class DatastoreFs::PassthroughFile : public fuse::OpenFile {
 };
 
 DatastoreFs::DatastoreFs(std::string name, backing::Backing& backing, RuleSet rules,
-                         cache::ChunkCache& cache, metrics::Registry& registry)
+                         cache::ChunkCache& cache, overlay::OverlayStore& overlays,
+                         ResetPolicy reset, metrics::Registry& registry)
     : name_(std::move(name)),
       backing_(backing),
       rules_(std::move(rules)),
       cache_(cache),
+      overlays_(overlays),
+      reset_policy_(reset),
       counters_(std::make_unique<Counters>(registry)) {}
 
 DatastoreFs::~DatastoreFs() = default;
 
-Status DatastoreFs::RequireMutable(const std::string& path) const {
-  Role role = rules_.RoleOf(path);
-  if (role == Role::kPassthrough) return Status::Ok();
+Status DatastoreFs::ReadOnly(const std::string& path, const char* why) const {
   counters_->readonly_refusals.Add();
-  return Status::Error(Code::kReadOnly,
-                       path + " is read-only through goldcache (" + RoleName(role) + ")");
+  return Status::Error(Code::kReadOnly, path + " is read-only through goldcache (" + why + ")");
 }
 
-Result<struct stat> DatastoreFs::GetAttr(const std::string& path) { return backing_.Stat(path); }
+Status DatastoreFs::RequireMutable(const std::string& path) const {
+  switch (rules_.RoleOf(path)) {
+    case Role::kPassthrough:
+      return Status::Ok();
+    case Role::kTemplate:
+      return ReadOnly(path, "a template");
+    case Role::kNonpersistent:
+      break;
+  }
+  return ReadOnly(path, "a nonpersistent area: this would change the datastore");
+}
+
+std::shared_ptr<DatastoreFs::Desktop> DatastoreFs::FindDesktop(const std::string& path) const {
+  std::lock_guard lock(mu_);
+  auto it = desktops_.find(path);
+  return it == desktops_.end() ? nullptr : it->second;
+}
+
+struct stat DatastoreFs::DesktopAttr(const Desktop& d) {
+  struct stat st = d.attr;
+  st.st_size = static_cast<off_t>(d.overlay->size());
+  st.st_blocks = static_cast<blkcnt_t>((d.overlay->size() + 511) / 512);
+  return st;
+}
+
+Result<struct stat> DatastoreFs::GetAttr(const std::string& path) {
+  if (rules_.RoleOf(path) == Role::kNonpersistent) {
+    std::lock_guard lock(mu_);
+    if (auto it = desktops_.find(path); it != desktops_.end()) return DesktopAttr(*it->second);
+  }
+  return backing_.Stat(path);
+}
 
 Result<std::vector<fuse::DirEntry>> DatastoreFs::ReadDir(const std::string& path) {
   auto entries = backing_.ReadDir(path);
   if (!entries.ok()) return entries.status();
   std::vector<fuse::DirEntry> out;
   out.reserve(entries->size());
-  for (auto& e : *entries) out.push_back(fuse::DirEntry{std::move(e.name), e.st});
+  std::lock_guard lock(mu_);
+  for (auto& e : *entries) {
+    std::string child = path.empty() ? e.name : path + "/" + e.name;
+    auto it = desktops_.find(child);
+    out.push_back(
+        fuse::DirEntry{std::move(e.name), it == desktops_.end() ? e.st : DesktopAttr(*it->second)});
+  }
+  // Files created on this host live in the listing of their directory.
+  for (const auto& [p, d] : desktops_) {
+    if (!d->local_only) continue;
+    auto slash = p.rfind('/');
+    std::string parent = slash == std::string::npos ? "" : p.substr(0, slash);
+    if (parent == path) out.push_back(fuse::DirEntry{p.substr(slash + 1), DesktopAttr(*d)});
+  }
   return out;
 }
 
@@ -205,19 +356,22 @@ Result<std::string> DatastoreFs::ReadLink(const std::string& path) {
 }
 
 Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::Open(const std::string& path, int flags) {
-  if (rules_.RoleOf(path) != Role::kPassthrough) return OpenCached(path, flags);
+  switch (rules_.RoleOf(path)) {
+    case Role::kTemplate:
+      return OpenCached(path, flags);
+    case Role::kNonpersistent:
+      return OpenDesktop(path, flags, std::nullopt);
+    case Role::kPassthrough:
+      break;
+  }
   auto file = backing_.Open(path, flags);
   if (!file.ok()) return file.status();
   return std::unique_ptr<fuse::OpenFile>(new PassthroughFile(*this, std::move(file).value()));
 }
 
-Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::string& path,
-                                                                int flags) {
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
-    GC_RETURN_IF_ERROR(RequireMutable(path));
-  }
-  // Structurally read-only: whatever the caller asked, the datastore file is
-  // opened O_RDONLY.
+Result<std::unique_ptr<DatastoreFs::GenerationSource>> DatastoreFs::OpenGeneration(
+    const std::string& path) {
+  // Structurally read-only: the datastore file is opened O_RDONLY, always.
   auto file = backing_.Open(path, O_RDONLY);
   if (!file.ok()) return file.status();
   auto st = (*file)->Stat();
@@ -228,32 +382,42 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
   index::GenerationKey key = GenerationKeyOf(name_, path, *st);
   auto binding = cache_.BindGeneration(key);
   if (!binding.ok()) return binding.status();
+  if (binding->changed) {
+    counters_->generation_changes.Add();
+    spdlog::info("{}: changed on the datastore: new generation {} (size {})", path, binding->id,
+                 key.size);
+  }
+  return std::make_unique<GenerationSource>(*this, path, std::move(key), binding->id,
+                                            std::move(file).value());
+}
 
+Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::string& path,
+                                                                int flags) {
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) return ReadOnly(path, "a template");
+  auto source = OpenGeneration(path);
+  if (!source.ok()) return source.status();
+  const index::GenerationId gen = (*source)->generation();
   bool keep_cache = true;
   {
     std::lock_guard lock(mu_);
     PathState& ps = paths_[path];
-    if (ps.current != 0 && ps.current != binding->id) {
+    if (ps.current != 0 && ps.current != gen) {
       keep_cache = false;  // the kernel may hold pages of the previous generation
-      for (const auto& [gen, handles] : ps.open_handles) {
-        if (gen != binding->id && handles > 0) {
-          counters_->changed_while_open.Add();
-          spdlog::error(
-              "{}: template changed on the datastore while {} handle(s) of generation {} are "
-              "open; new opens get generation {}, open ones keep theirs",
-              path, handles, gen, binding->id);
-        }
+      for (const auto& [old, handles] : ps.open_handles) {
+        if (old == gen || handles <= 0) continue;
+        counters_->changed_while_open.Add();
+        spdlog::error(
+            "{}: template changed on the datastore while {} handle(s) of generation {} are "
+            "open; new opens get generation {}, open ones keep theirs",
+            path, handles, old, gen);
       }
     }
-    if (binding->changed || (ps.current != 0 && ps.current != binding->id)) {
-      counters_->generation_changes.Add();
-      spdlog::info("{}: new template generation {} (size {})", path, binding->id, key.size);
-    }
-    ps.current = binding->id;
-    ++ps.open_handles[binding->id];
+    ps.current = gen;
+    ps.size = (*source)->size();
+    ++ps.open_handles[gen];
   }
-  return std::unique_ptr<fuse::OpenFile>(new CachedFile(*this, path, std::move(key), binding->id,
-                                                        std::move(file).value(), keep_cache));
+  return std::unique_ptr<fuse::OpenFile>(
+      new CachedFile(*this, path, std::move(source).value(), keep_cache));
 }
 
 void DatastoreFs::OnCachedFileClosed(const std::string& path, index::GenerationId gen) {
@@ -263,8 +427,148 @@ void DatastoreFs::OnCachedFileClosed(const std::string& path, index::GenerationI
   if (--it->second.open_handles[gen] <= 0) it->second.open_handles.erase(gen);
 }
 
+Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenDesktop(
+    const std::string& path, int flags, std::optional<mode_t> create_mode) {
+  const bool exclusive = create_mode && (flags & O_EXCL);
+  std::shared_ptr<Desktop> d = FindDesktop(path);
+  if (!d) {
+    // Not live yet: find out what is on the datastore, outside the lock.
+    std::unique_ptr<GenerationSource> base;
+    struct stat attr {};
+    auto st = backing_.Stat(path);
+    if (st.ok()) {
+      if (exclusive) return Status::Error(Code::kExists, path + " exists");
+      auto source = OpenGeneration(path);
+      if (!source.ok()) return source.status();
+      base = std::move(source).value();
+      attr = *st;
+    } else if (st.status().code() != Code::kNotFound || !create_mode) {
+      return st.status();
+    } else {
+      const auto now = std::chrono::system_clock::now().time_since_epoch();
+      const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now);
+      attr.st_mode = S_IFREG | (*create_mode & 07777);
+      attr.st_nlink = 1;
+      attr.st_uid = getuid();
+      attr.st_gid = getgid();
+      attr.st_blksize = 4096;
+      attr.st_atim = attr.st_mtim =
+          attr.st_ctim = {secs.count(), static_cast<long>((now - secs).count() % 1'000'000'000)};
+    }
+    std::lock_guard lock(mu_);
+    if (auto it = desktops_.find(path); it != desktops_.end()) {
+      d = it->second;  // another open won the race; ours is dropped
+    } else {
+      d = std::make_shared<Desktop>();
+      d->path = path;
+      d->local_only = base == nullptr;
+      d->overlay = overlays_.Create(path, base ? base->size() : 0);
+      d->base = std::move(base);
+      d->attr = attr;
+      if (d->local_only) {
+        // Own inode numbers, apart from the datastore's (st_dev 0).
+        d->attr.st_dev = 0;
+        d->attr.st_ino = (uint64_t{1} << 62) | next_local_ino_++;
+        spdlog::info("{}: created on this host only (nonpersistent area)", path);
+      }
+      desktops_.emplace(path, d);
+    }
+  } else if (exclusive) {
+    return Status::Error(Code::kExists, path + " exists");
+  }
+  {
+    std::lock_guard lock(mu_);
+    ++d->open_handles;
+  }
+  auto file = std::make_unique<DesktopFile>(*this, d);
+  if (flags & O_TRUNC) {
+    Status st = d->overlay->Truncate(0);
+    if (!st.ok()) {
+      file->Release();
+      return st;
+    }
+  }
+  return std::unique_ptr<fuse::OpenFile>(std::move(file));
+}
+
+void DatastoreFs::OnDesktopClosed(const std::shared_ptr<Desktop>& d) {
+  std::shared_ptr<Desktop> discarded;  // destroyed outside the lock: it frees disk space
+  {
+    std::lock_guard lock(mu_);
+    if (--d->open_handles > 0 || d->local_only || reset_policy_ != ResetPolicy::kOnLastClose) {
+      return;
+    }
+    auto it = desktops_.find(d->path);
+    if (it == desktops_.end() || it->second != d) return;
+    discarded = std::move(it->second);
+    desktops_.erase(it);
+  }
+  counters_->desktop_resets.Add();
+  spdlog::info("{}: last handle closed: overlay discarded ({} bytes in RAM, {} on disk)",
+               discarded->path, discarded->overlay->ram_bytes(), discarded->overlay->disk_bytes());
+  // Space comes back now, not when the last reference to the handle goes.
+  discarded->overlay->Reset();
+}
+
+Status DatastoreFs::Reset(const std::string& path, bool force) {
+  std::shared_ptr<Desktop> discarded;
+  {
+    std::lock_guard lock(mu_);
+    auto it = desktops_.find(path);
+    if (it == desktops_.end()) {
+      return Status::Error(Code::kNotFound, path + " has no overlay on this host");
+    }
+    const std::shared_ptr<Desktop>& d = it->second;
+    if (d->open_handles > 0 && !force) {
+      return Status::Error(Code::kOsError,
+                           path + " is open (" + std::to_string(d->open_handles) +
+                               " handle(s)): shut the desktop down first, or use --force",
+                           EBUSY);
+    }
+    if (d->open_handles > 0 && !d->local_only) {
+      d->overlay->Reset();  // open handles now read the pristine datastore file
+    } else {
+      discarded = std::move(it->second);
+      desktops_.erase(it);
+    }
+  }
+  if (discarded) discarded->overlay->Reset();
+  counters_->desktop_manual_resets.Add();
+  spdlog::info("{}: reset by command{}", path, force ? " (forced)" : "");
+  return Status::Ok();
+}
+
+std::vector<DatastoreFs::DesktopInfo> DatastoreFs::Desktops() const {
+  std::lock_guard lock(mu_);
+  std::vector<DesktopInfo> out;
+  for (const auto& [path, d] : desktops_) {
+    out.push_back(DesktopInfo{path, d->local_only, d->overlay->size(), d->overlay->ram_bytes(),
+                              d->overlay->disk_bytes(), d->open_handles});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const DesktopInfo& a, const DesktopInfo& b) { return a.path < b.path; });
+  return out;
+}
+
+std::vector<DatastoreFs::TemplateInfo> DatastoreFs::Templates() const {
+  std::vector<TemplateInfo> out;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [path, ps] : paths_) {
+      int handles = 0;
+      for (const auto& [gen, n] : ps.open_handles) handles += n;
+      out.push_back(TemplateInfo{path, ps.current, ps.size, 0, handles});
+    }
+  }
+  for (TemplateInfo& t : out) t.cached_bytes = cache_.cached_bytes_of(t.generation);
+  std::sort(out.begin(), out.end(),
+            [](const TemplateInfo& a, const TemplateInfo& b) { return a.path < b.path; });
+  return out;
+}
+
 Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::Create(const std::string& path, int flags,
                                                             mode_t mode) {
+  if (rules_.RoleOf(path) == Role::kNonpersistent) return OpenDesktop(path, flags, mode);
   GC_RETURN_IF_ERROR(RequireMutable(path));
   auto file = backing_.Create(path, flags, mode);
   if (!file.ok()) return file.status();
@@ -278,6 +582,15 @@ Result<struct stat> DatastoreFs::Mkdir(const std::string& path, mode_t mode) {
 }
 
 Status DatastoreFs::Unlink(const std::string& path) {
+  if (rules_.RoleOf(path) == Role::kNonpersistent) {
+    std::lock_guard lock(mu_);
+    auto it = desktops_.find(path);
+    if (it != desktops_.end() && it->second->local_only) {
+      // Open handles keep the file until they close, as unlink(2) promises.
+      desktops_.erase(it);
+      return Status::Ok();
+    }
+  }
   GC_RETURN_IF_ERROR(RequireMutable(path));
   return backing_.Unlink(path);
 }
@@ -288,6 +601,31 @@ Status DatastoreFs::Rmdir(const std::string& path) {
 }
 
 Status DatastoreFs::Rename(const std::string& from, const std::string& to, unsigned flags) {
+  if (rules_.RoleOf(from) == Role::kNonpersistent && rules_.RoleOf(to) == Role::kNonpersistent) {
+    std::shared_ptr<Desktop> replaced;  // destroyed outside the lock
+    std::lock_guard lock(mu_);
+    auto src = desktops_.find(from);
+    if (src == desktops_.end() || !src->second->local_only) {
+      return ReadOnly(from, "a datastore file in a nonpersistent area");
+    }
+    if (flags & RENAME_EXCHANGE) {
+      return Status::Error(Code::kNotSupported, "RENAME_EXCHANGE of host-only files");
+    }
+    auto dst = desktops_.find(to);
+    bool on_datastore = (dst != desktops_.end() && !dst->second->local_only) ||
+                        (dst == desktops_.end() && backing_.Stat(to).ok());
+    if (on_datastore) return ReadOnly(to, "a datastore file in a nonpersistent area");
+    if (dst != desktops_.end()) {
+      if (flags & RENAME_NOREPLACE) return Status::Error(Code::kExists, to + " exists");
+      replaced = std::move(dst->second);
+      desktops_.erase(dst);
+    }
+    std::shared_ptr<Desktop> d = std::move(desktops_.at(from));
+    desktops_.erase(from);
+    d->path = to;
+    desktops_.emplace(to, std::move(d));
+    return Status::Ok();
+  }
   GC_RETURN_IF_ERROR(RequireMutable(from));
   GC_RETURN_IF_ERROR(RequireMutable(to));
   return backing_.Rename(from, to, flags);
@@ -308,6 +646,27 @@ Result<struct stat> DatastoreFs::Link(const std::string& existing, const std::st
 
 Result<struct stat> DatastoreFs::SetAttr(const std::string& path, const fuse::SetAttrRequest& req,
                                          fuse::OpenFile* file) {
+  if (rules_.RoleOf(path) == Role::kNonpersistent) {
+    auto* desktop_file = dynamic_cast<DesktopFile*>(file);
+    std::shared_ptr<Desktop> d = desktop_file ? desktop_file->desktop() : FindDesktop(path);
+    // Changing a datastore file no one has open would be undone at once by
+    // the reset on last close: refuse it rather than pretend.
+    if (!d) return ReadOnly(path, "a nonpersistent datastore file that is not open");
+    if (req.size) GC_RETURN_IF_ERROR(d->overlay->Truncate(*req.size));
+    std::lock_guard lock(mu_);
+    // Attributes change on this host only, like the data.
+    if (req.mode) d->attr.st_mode = (d->attr.st_mode & S_IFMT) | (*req.mode & 07777);
+    if (req.uid) d->attr.st_uid = *req.uid;
+    if (req.gid) d->attr.st_gid = *req.gid;
+    auto now = [] {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      return ts;
+    };
+    if (req.atime) d->attr.st_atim = req.atime->tv_nsec == UTIME_NOW ? now() : *req.atime;
+    if (req.mtime) d->attr.st_mtim = req.mtime->tv_nsec == UTIME_NOW ? now() : *req.mtime;
+    return DesktopAttr(*d);
+  }
   GC_RETURN_IF_ERROR(RequireMutable(path));
   if (req.mode) GC_RETURN_IF_ERROR(backing_.Chmod(path, *req.mode));
   if (req.uid || req.gid) {

@@ -2,12 +2,27 @@
 // and each operation goes where that role says (DESIGN §3).
 //
 //   template       read through the chunk cache; any change is EROFS
-//   nonpersistent  read through the chunk cache like a template; changes are
-//                  EROFS until the overlay lands (never to the datastore)
+//   nonpersistent  a desktop: reads merge its overlay (on this host) over the
+//                  datastore file read through the chunk cache; writes,
+//                  truncates, extends and hole punches go to the overlay
 //   passthrough    straight to the datastore
 //
 // Files of the template and nonpersistent roles are opened on the datastore
 // read-only: this room has no way to write them (invariant 4).
+//
+// Nonpersistent details (docs/operations.md has the operator's view):
+//  - All open handles of one path share one overlay. With reset policy
+//    kOnLastClose the overlay of a datastore file is discarded when its last
+//    handle closes ("the VM shut down"); with kManual it stays until Reset().
+//  - Files created in a nonpersistent area exist only on this host: they
+//    survive close, can be renamed and unlinked, and are gone on Reset() or
+//    unlink. They are listed in their directory alongside datastore entries.
+//  - What would change the datastore in a nonpersistent area fails with
+//    EROFS: unlinking or renaming a datastore file, mkdir/rmdir, symlinks,
+//    hard links, chmod/chown/utimes of datastore files, and changing the size
+//    of a datastore file that no one has open.
+//  - fsync returns at once: the data is in the overlay, non-persistent by
+//    contract.
 //
 // Generations: each open of a cached file binds the datastore file's current
 // generation (path, size, mtime, ctime, inode). A handle serves only its own
@@ -20,14 +35,17 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "agent/rules.h"
 #include "backing/backing.h"
 #include "cache/chunk_cache.h"
 #include "fuse/filesystem.h"
 #include "metrics/metrics.h"
+#include "overlay/overlay.h"
 
 namespace goldcache::agent {
 
@@ -36,8 +54,10 @@ class DatastoreFs : public fuse::FileSystem {
   // `name` identifies the datastore in generation keys and metrics; it must be
   // stable across restarts for the cache to be reused. All references must
   // outlive this object.
-  DatastoreFs(std::string name, backing::Backing& backing, RuleSet rules,
-              cache::ChunkCache& cache, metrics::Registry& registry);
+  enum class ResetPolicy { kOnLastClose, kManual };
+
+  DatastoreFs(std::string name, backing::Backing& backing, RuleSet rules, cache::ChunkCache& cache,
+              overlay::OverlayStore& overlays, ResetPolicy reset, metrics::Registry& registry);
   ~DatastoreFs() override;
 
   Result<struct stat> GetAttr(const std::string& path) override;
@@ -56,29 +76,73 @@ class DatastoreFs : public fuse::FileSystem {
                               fuse::OpenFile* file) override;
   Result<struct statvfs> StatFs() override;
 
+  // Discards the overlay of nonpersistent file `path` (datastore-relative):
+  // the next open reads the pristine datastore file; a file created on this
+  // host is deleted. Refused with EBUSY while it is open, unless `force`
+  // (open handles then read the pristine content). kNotFound when there is
+  // nothing to reset.
+  Status Reset(const std::string& path, bool force);
+
+  struct DesktopInfo {
+    std::string path;
+    bool local_only;  // created through the mount; no datastore file
+    uint64_t size;
+    uint64_t overlay_ram_bytes;
+    uint64_t overlay_disk_bytes;
+    int open_handles;
+  };
+  std::vector<DesktopInfo> Desktops() const;
+
+  struct TemplateInfo {
+    std::string path;
+    index::GenerationId generation;  // of the latest open
+    uint64_t size;
+    uint64_t cached_bytes;  // of that generation, in the local cache
+    int open_handles;       // all generations
+  };
+  // Templates opened since the agent started.
+  std::vector<TemplateInfo> Templates() const;
+
   struct Counters;  // metrics shared with the open files
 
  private:
+  class GenerationSource;
   class CachedFile;
   class PassthroughFile;
+  class DesktopFile;
+  struct Desktop;
   struct PathState {
     index::GenerationId current = 0;  // generation of the latest open
+    uint64_t size = 0;                // of that generation
     std::unordered_map<index::GenerationId, int> open_handles;
   };
 
-  // kReadOnly unless every path is passthrough: the role that forbids changes.
+  // kReadOnly unless the path is passthrough: the role forbids changes.
   Status RequireMutable(const std::string& path) const;
+  Status ReadOnly(const std::string& path, const char* why) const;
+  // Opens `path` on the datastore read-only and binds its generation.
+  Result<std::unique_ptr<GenerationSource>> OpenGeneration(const std::string& path);
   Result<std::unique_ptr<fuse::OpenFile>> OpenCached(const std::string& path, int flags);
   void OnCachedFileClosed(const std::string& path, index::GenerationId gen);
+  Result<std::unique_ptr<fuse::OpenFile>> OpenDesktop(const std::string& path, int flags,
+                                                      std::optional<mode_t> create_mode);
+  void OnDesktopClosed(const std::shared_ptr<Desktop>& desktop);
+  std::shared_ptr<Desktop> FindDesktop(const std::string& path) const;
+  static struct stat DesktopAttr(const Desktop& d);
 
   const std::string name_;
   backing::Backing& backing_;
   const RuleSet rules_;
   cache::ChunkCache& cache_;
+  overlay::OverlayStore& overlays_;
+  const ResetPolicy reset_policy_;
   std::unique_ptr<Counters> counters_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;                             // lock order: mu_ before any Desktop::mu
   std::unordered_map<std::string, PathState> paths_;  // GUARDED_BY(mu_)
+  // Live overlays by datastore-relative path.
+  std::unordered_map<std::string, std::shared_ptr<Desktop>> desktops_;  // GUARDED_BY(mu_)
+  uint64_t next_local_ino_ = 1;                                         // GUARDED_BY(mu_)
 };
 
 }  // namespace goldcache::agent

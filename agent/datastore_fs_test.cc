@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/falloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,11 +50,20 @@ class DatastoreFsTest : public ::testing::Test {
     cache_ = std::move(cache::ChunkCache::Open(o)).value();
     auto rules =
         RuleSet::Create({{"templates/**", Role::kTemplate}, {"pool/**", Role::kNonpersistent}});
+    overlay::OverlayOptions oo;
+    oo.dir = dir_ + "/overlay";
+    oo.ram_per_desktop = 256 * 1024;
+    oo.segment_size = 1 << 20;
+    oo.disk_space = &space_;
+    oo.registry = &registry_;
+    overlays_ = std::move(overlay::OverlayStore::Open(oo)).value();
     fs_ = std::make_unique<DatastoreFs>("ds", *backing_, std::move(rules).value(), *cache_,
+                                        *overlays_, DatastoreFs::ResetPolicy::kOnLastClose,
                                         registry_);
   }
   void TearDown() override {
     fs_.reset();
+    overlays_.reset();
     cache_.reset();
     std::filesystem::remove_all(dir_);
   }
@@ -72,6 +82,8 @@ class DatastoreFsTest : public ::testing::Test {
   metrics::Registry registry_;
   std::unique_ptr<backing::Backing> backing_;
   std::unique_ptr<cache::ChunkCache> cache_;
+  overlay::FixedDiskSpace space_{64 << 20};
+  std::unique_ptr<overlay::OverlayStore> overlays_;
   std::unique_ptr<DatastoreFs> fs_;
 };
 
@@ -87,28 +99,122 @@ TEST_F(DatastoreFsTest, TemplateReadsComeFromTheDatastoreOnceThenFromTheCache) {
   EXPECT_EQ(Counter("goldcache_read_bytes_total", {{"source", "cache"}}), 2 * content_.size());
 }
 
-TEST_F(DatastoreFsTest, EveryChangeToATemplateOrNonpersistentFileIsReadOnly) {
-  for (const char* path : {"templates/t.img", "pool/vm1.img"}) {
-    SCOPED_TRACE(path);
-    EXPECT_EQ(fs_->Open(path, O_RDWR).status().code(), Code::kReadOnly);
-    EXPECT_EQ(fs_->Open(path, O_RDONLY | O_TRUNC).status().code(), Code::kReadOnly);
-    fuse::SetAttrRequest truncate;
-    truncate.size = 0;
-    EXPECT_EQ(fs_->SetAttr(path, truncate, nullptr).status().code(), Code::kReadOnly);
-    EXPECT_EQ(fs_->Unlink(path).code(), Code::kReadOnly);
-    EXPECT_EQ(fs_->Rename(path, "iso/x", 0).code(), Code::kReadOnly);
-    auto f = fs_->Open(path, O_RDONLY);
-    ASSERT_TRUE(f.ok());
-    char b = 'x';
-    EXPECT_EQ((*f)->Write(0, std::span<const char>(&b, 1)).status().code(), Code::kReadOnly);
-    (*f)->Release();
-  }
+TEST_F(DatastoreFsTest, EveryChangeToATemplateIsReadOnly) {
+  const std::string path = "templates/t.img";
+  EXPECT_EQ(fs_->Open(path, O_RDWR).status().code(), Code::kReadOnly);
+  EXPECT_EQ(fs_->Open(path, O_RDONLY | O_TRUNC).status().code(), Code::kReadOnly);
+  fuse::SetAttrRequest truncate;
+  truncate.size = 0;
+  EXPECT_EQ(fs_->SetAttr(path, truncate, nullptr).status().code(), Code::kReadOnly);
+  EXPECT_EQ(fs_->Unlink(path).code(), Code::kReadOnly);
+  EXPECT_EQ(fs_->Rename(path, "iso/x", 0).code(), Code::kReadOnly);
+  auto f = fs_->Open(path, O_RDONLY);
+  ASSERT_TRUE(f.ok());
+  char b = 'x';
+  EXPECT_EQ((*f)->Write(0, std::span<const char>(&b, 1)).status().code(), Code::kReadOnly);
+  (*f)->Release();
   EXPECT_EQ(fs_->Create("templates/new.img", O_WRONLY, 0644).status().code(), Code::kReadOnly);
-  EXPECT_EQ(fs_->Mkdir("pool/sub", 0755).status().code(), Code::kReadOnly);
   EXPECT_EQ(fs_->Rename("iso", "templates/iso", 0).code(), Code::kReadOnly);
   EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), 0u);
   std::ifstream in(ds_ + "/templates/t.img", std::ios::binary);
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), content_);
+}
+
+TEST_F(DatastoreFsTest, DesktopWritesStayOnTheHostAndVanishAtLastClose) {
+  const std::string path = "pool/vm1.img";
+  auto a = fs_->Open(path, O_RDWR);
+  auto b = fs_->Open(path, O_RDWR);  // a second handle shares the overlay
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::string data = RandomBytes(300000, 7);  // spills: RAM budget is 256 KiB
+  ASSERT_TRUE((*a)->Write(1000, std::span<const char>(data.data(), data.size())).ok());
+  ASSERT_TRUE((*a)->Truncate(content_.size() + 5000).ok());  // extend
+  std::string want = content_;
+  want.replace(1000, data.size(), data);
+  want.resize(content_.size() + 5000, '\0');
+  EXPECT_EQ(ReadAll(**b, want.size() + 10), want);
+  EXPECT_EQ(fs_->GetAttr(path)->st_size, static_cast<off_t>(want.size()));
+  ASSERT_TRUE((*b)->Fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096).ok());
+  std::fill(want.begin(), want.begin() + 4096, '\0');
+  EXPECT_EQ(ReadAll(**a, want.size()), want);
+  EXPECT_GT(Counter("goldcache_read_bytes_total", {{"source", "overlay"}}), 0u);
+  (*a)->Release();
+  EXPECT_EQ(fs_->Desktops().size(), 1u);  // b still open
+  (*b)->Release();
+  EXPECT_TRUE(fs_->Desktops().empty());  // last close: reset
+  auto c = fs_->Open(path, O_RDONLY);
+  EXPECT_EQ(ReadAll(**c, content_.size()), content_);
+  (*c)->Release();
+  // Nothing reached the datastore, and its files in the area can't be removed.
+  EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), 0u);
+  EXPECT_EQ(fs_->Unlink(path).code(), Code::kReadOnly);
+  EXPECT_EQ(fs_->Rename(path, "pool/other.img", 0).code(), Code::kReadOnly);
+  EXPECT_EQ(fs_->Mkdir("pool/sub", 0755).status().code(), Code::kReadOnly);
+  fuse::SetAttrRequest truncate;
+  truncate.size = 0;
+  EXPECT_EQ(fs_->SetAttr(path, truncate, nullptr).status().code(), Code::kReadOnly);
+  std::ifstream in(ds_ + "/" + path, std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), content_);
+}
+
+TEST_F(DatastoreFsTest, HostOnlyFilesSurviveCloseRenameAndGoAwayOnUnlink) {
+  auto f = fs_->Create("pool/vm9.qcow2", O_RDWR | O_CREAT, 0640);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_TRUE((*f)->Write(0, std::span<const char>("QFI\xfb", 4)).ok());
+  (*f)->Release();
+  EXPECT_FALSE(std::filesystem::exists(ds_ + "/pool/vm9.qcow2"));  // host only
+  auto st = fs_->GetAttr("pool/vm9.qcow2");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->st_size, 4);
+  EXPECT_EQ(st->st_mode, S_IFREG | 0640);
+  auto names = [&] {
+    std::vector<std::string> out;
+    auto entries = fs_->ReadDir("pool");
+    for (auto& e : *entries) out.push_back(e.name);
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  EXPECT_EQ(names(), (std::vector<std::string>{"vm1.img", "vm9.qcow2"}));
+  EXPECT_EQ(fs_->Create("pool/vm9.qcow2", O_RDWR | O_CREAT | O_EXCL, 0640).status().code(),
+            Code::kExists);
+  ASSERT_TRUE(fs_->Rename("pool/vm9.qcow2", "pool/vm10.qcow2", 0).ok());
+  EXPECT_EQ(fs_->Rename("pool/vm10.qcow2", "pool/vm1.img", 0).code(), Code::kReadOnly);
+  auto g = fs_->Open("pool/vm10.qcow2", O_RDONLY);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(ReadAll(**g, 4), std::string("QFI\xfb", 4));
+  (*g)->Release();
+  ASSERT_TRUE(fs_->Unlink("pool/vm10.qcow2").ok());
+  EXPECT_EQ(fs_->GetAttr("pool/vm10.qcow2").status().code(), Code::kNotFound);
+  EXPECT_EQ(names(), (std::vector<std::string>{"vm1.img"}));
+}
+
+TEST_F(DatastoreFsTest, ResetByCommandRefusesOpenDesktopsUnlessForced) {
+  auto f = fs_->Open("pool/vm1.img", O_RDWR);
+  ASSERT_TRUE((*f)->Write(0, std::span<const char>("xyz", 3)).ok());
+  Status busy = fs_->Reset("pool/vm1.img", false);
+  EXPECT_EQ(busy.os_errno(), EBUSY);
+  ASSERT_TRUE(fs_->Reset("pool/vm1.img", true).ok());
+  EXPECT_EQ(ReadAll(**f, content_.size()), content_);  // pristine under the open handle
+  (*f)->Release();
+  EXPECT_EQ(fs_->Reset("pool/vm1.img", false).code(), Code::kNotFound);
+  EXPECT_EQ(Counter("goldcache_desktop_resets_total", {{"reason", "command"}}), 1u);
+}
+
+TEST_F(DatastoreFsTest, FullLocalDiskIsENOSPCForThatDesktopOnly) {
+  // 64 MiB of disk tier and 256 KiB of RAM per desktop.
+  auto a = fs_->Open("pool/vm1.img", O_RDWR);
+  std::string block(1 << 20, 'a');
+  Status st;
+  uint64_t off = 0;
+  for (int i = 0; i < 200 && st.ok(); ++i, off += block.size()) {
+    st = (*a)->Write(off, std::span<const char>(block.data(), block.size())).status();
+  }
+  EXPECT_EQ(st.code(), Code::kNoSpace);
+  auto b = fs_->Create("pool/other.img", O_RDWR | O_CREAT, 0600);
+  EXPECT_TRUE((*b)->Write(0, std::span<const char>("ok", 2)).ok());  // RAM still takes it
+  (*a)->Release();  // reset on last close gives the space back
+  EXPECT_EQ(space_.used(), 0u);
+  (*b)->Release();
+  EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), 0u);
 }
 
 TEST_F(DatastoreFsTest, PassthroughFilesGoToTheDatastore) {

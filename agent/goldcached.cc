@@ -6,18 +6,23 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <iostream>
+#include <thread>
 
+#include "agent/control_server.h"
 #include "agent/datastore_fs.h"
+#include "agent/local_space.h"
 #include "agent/rules.h"
 #include "agent/stats_server.h"
 #include "backing/metered_backing.h"
 #include "cache/chunk_cache.h"
 #include "fuse/mount.h"
 #include "metrics/metrics.h"
+#include "overlay/overlay.h"
 #include "util/units.h"
 
 namespace goldcache::agent {
@@ -30,8 +35,12 @@ struct Flags {
   std::string cache_size = "10GiB";
   std::string chunk_size = "1MiB";
   std::vector<Rule> rules;
+  std::string overlay_ram = "256MiB";
+  std::string overlay_ram_host = "4GiB";
+  std::string reset = "on-last-close";
   std::string stats_listen = "127.0.0.1:9477";
   bool stats_allow_non_loopback = false;
+  std::string control_socket = kDefaultControlSocket;
   std::string log_level = "info";
 };
 
@@ -40,12 +49,153 @@ int Fail(const std::string& what) {
   return 1;
 }
 
+// What the agent serves, for the control socket and /stats.
+struct Agent {
+  const Flags& flags;
+  std::string name;
+  cache::ChunkCache& cache;
+  overlay::OverlayStore& overlays;
+  DatastoreFs& fs;
+  metrics::Registry& registry;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  // A path as an operator gives it: under the mountpoint, under the
+  // datastore source, or relative to the datastore root.
+  Result<std::string> DatastorePath(const std::string& given) const {
+    std::filesystem::path p = std::filesystem::path(given).lexically_normal();
+    for (const std::string& root : {flags.mountpoint, name}) {
+      auto rel = p.lexically_relative(std::filesystem::path(root).lexically_normal());
+      if (p.is_absolute() && !rel.empty() && *rel.begin() != "..") {
+        return rel == "." ? std::string() : rel.string();
+      }
+    }
+    if (p.is_absolute() || (!p.empty() && *p.begin() == "..")) {
+      return Status::Error(Code::kInvalidArgument,
+                           given + " is not under " + flags.mountpoint + " or " + name);
+    }
+    return p.string();
+  }
+
+  nlohmann::json Status() const {
+    return {
+        {"version", GOLDCACHE_VERSION},
+        {"pid", getpid()},
+        {"uptime_seconds",
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()},
+        {"datastore", name},
+        {"mountpoint", flags.mountpoint},
+        {"cache_dir", flags.cache_dir},
+        {"cache_used_bytes", cache.used_bytes()},
+        {"cache_capacity_bytes", cache.capacity_bytes()},
+        {"overlay_ram_bytes", overlays.ram_bytes()},
+        {"overlay_disk_bytes", overlays.disk_bytes()},
+        {"desktops", fs.Desktops().size()},
+    };
+  }
+
+  nlohmann::json List() const {
+    nlohmann::json templates = nlohmann::json::array(), desktops = nlohmann::json::array();
+    for (const auto& t : fs.Templates()) {
+      templates.push_back({{"path", t.path},
+                           {"generation", t.generation},
+                           {"size_bytes", t.size},
+                           {"cached_bytes", t.cached_bytes},
+                           {"open_handles", t.open_handles}});
+    }
+    for (const auto& d : fs.Desktops()) {
+      desktops.push_back({{"path", d.path},
+                          {"host_only", d.local_only},
+                          {"size_bytes", d.size},
+                          {"overlay_ram_bytes", d.overlay_ram_bytes},
+                          {"overlay_disk_bytes", d.overlay_disk_bytes},
+                          {"open_handles", d.open_handles}});
+    }
+    return {{"templates", templates}, {"desktops", desktops}};
+  }
+
+  nlohmann::json Stats() const {
+    nlohmann::json j = Status();
+    j.update(List());
+    j["metrics"] = registry.RenderJson();
+    return j;
+  }
+
+  // Reads a template through the cache so the next boot storm finds it there.
+  Result<nlohmann::json> Warm(const std::string& path, uint64_t rate, const Progress& progress) {
+    auto file = fs.Open(path, O_RDONLY);
+    if (!file.ok()) return file.status();
+    auto st = (*file)->Stat();
+    if (!st.ok()) return st.status();
+    const uint64_t size = st->st_size;
+    std::vector<char> buf(cache.chunk_size());
+    const auto start = std::chrono::steady_clock::now();
+    auto last_report = start;
+    uint64_t done = 0;
+    goldcache::Status result;
+    while (done < size) {
+      auto n = (*file)->Read(done, buf);
+      if (!n.ok()) {
+        result = n.status();
+        break;
+      }
+      if (*n == 0) break;
+      done += *n;
+      if (rate > 0) {  // hold the average at `rate` bytes per second
+        auto due = start + std::chrono::duration<double>(static_cast<double>(done) / rate);
+        std::this_thread::sleep_until(due);
+      }
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_report > std::chrono::milliseconds(200) || done == size) {
+        last_report = now;
+        if (!progress({{"done_bytes", done}, {"total_bytes", size}})) {
+          result = goldcache::Status::Error(Code::kIoError, "client went away");
+          break;
+        }
+      }
+    }
+    (*file)->Release();
+    if (!result.ok()) return result;
+    return nlohmann::json{
+        {"path", path},
+        {"bytes", done},
+        {"seconds",
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
+  }
+
+  Result<nlohmann::json> Handle(const nlohmann::json& req, const Progress& progress) {
+    const std::string command = req.value("command", "");
+    if (command == "status") return Status();
+    if (command == "stats") return Stats();
+    if (command == "list") return List();
+    auto path = DatastorePath(req.value("path", ""));
+    if (!path.ok()) return path.status();
+    if (command == "reset") {
+      GC_RETURN_IF_ERROR(fs.Reset(*path, req.value("force", false)));
+      return nlohmann::json{{"path", *path}, {"reset", true}};
+    }
+    if (command == "warm") {
+      if (req.value("pin", false)) {
+        return goldcache::Status::Error(Code::kNotSupported, "warm --pin is not available yet");
+      }
+      return Warm(*path, req.value("rate_bytes_per_second", uint64_t{0}), progress);
+    }
+    return goldcache::Status::Error(Code::kNotSupported,
+                                    "unknown or not yet available command '" + command + "'");
+  }
+};
+
 int Serve(const Flags& flags) {
   auto cache_size = ParseSize(flags.cache_size);
   if (!cache_size.ok()) return Fail("--cache-size: " + cache_size.status().message());
   auto chunk_size = ParseSize(flags.chunk_size);
   if (!chunk_size.ok()) return Fail("--chunk-size: " + chunk_size.status().message());
   if (*chunk_size > (64u << 20)) return Fail("--chunk-size: at most 64MiB");
+  auto overlay_ram = ParseSize(flags.overlay_ram);
+  if (!overlay_ram.ok()) return Fail("--overlay-ram: " + overlay_ram.status().message());
+  auto overlay_ram_host = ParseSize(flags.overlay_ram_host);
+  if (!overlay_ram_host.ok()) {
+    return Fail("--overlay-ram-host: " + overlay_ram_host.status().message());
+  }
   auto rules = RuleSet::Create(flags.rules);
   if (!rules.ok()) return Fail(rules.status().message());
 
@@ -62,26 +212,38 @@ int Serve(const Flags& flags) {
   auto cache = cache::ChunkCache::Open(cache_options);
   if (!cache.ok()) return Fail("--cache-dir: " + cache.status().message());
 
+  // One local budget for the read cache and the overlays' disk tier.
+  LocalSpace space(*cache_size, **cache);
+  overlay::OverlayOptions overlay_options;
+  overlay_options.dir = flags.cache_dir + "/overlay";
+  overlay_options.ram_per_desktop = *overlay_ram;
+  overlay_options.ram_host_cap = *overlay_ram_host;
+  overlay_options.disk_space = &space;
+  overlay_options.registry = &registry;
+  auto overlays = overlay::OverlayStore::Open(overlay_options);
+  if (!overlays.ok()) return Fail("--cache-dir: " + overlays.status().message());
+
   // The datastore's identity in generation keys: its absolute source path, so
   // a restart over the same datastore finds its cached chunks again.
   std::error_code ec;
   std::string name = std::filesystem::absolute(flags.datastore, ec).lexically_normal().string();
-  DatastoreFs fs(name, *datastore, std::move(rules).value(), **cache, registry);
+  if (!name.empty() && name.size() > 1 && name.back() == '/') name.pop_back();
+  auto reset = flags.reset == "manual" ? DatastoreFs::ResetPolicy::kManual
+                                       : DatastoreFs::ResetPolicy::kOnLastClose;
+  DatastoreFs fs(name, *datastore, std::move(rules).value(), **cache, **overlays, reset, registry);
+  Agent agent{flags, name, **cache, **overlays, fs, registry};
 
   auto stats = StatsServer::Start(
-      flags.stats_listen, registry,
-      [&] {
-        nlohmann::json j;
-        j["datastore"] = {{"source", name}, {"mountpoint", flags.mountpoint}};
-        j["cache"] = {{"dir", flags.cache_dir},
-                      {"used_bytes", (*cache)->used_bytes()},
-                      {"capacity_bytes", (*cache)->capacity_bytes()},
-                      {"chunk_size", (*cache)->chunk_size()}};
-        j["metrics"] = registry.RenderJson();
-        return j;
-      },
-      flags.stats_allow_non_loopback);
+      flags.stats_listen, registry, [&] { return agent.Stats(); }, flags.stats_allow_non_loopback);
   if (!stats.ok()) return Fail("--stats-listen: " + stats.status().message());
+
+  ControlOptions control_options;
+  control_options.socket_path = flags.control_socket;
+  auto control = ControlServer::Start(control_options,
+                                      [&](const nlohmann::json& req, const Progress& progress) {
+                                        return agent.Handle(req, progress);
+                                      });
+  if (!control.ok()) return Fail("--control-socket: " + control.status().message());
 
   fuse::MountOptions mount_options;
   mount_options.mountpoint = flags.mountpoint;
@@ -93,11 +255,12 @@ int Serve(const Flags& flags) {
                flags.mountpoint, flags.cache_dir, FormatBytes((*cache)->used_bytes()),
                FormatBytes((*cache)->capacity_bytes()), flags.stats_listen);
   sd_notifyf(0, "READY=1\nSTATUS=serving %s at %s", name.c_str(), flags.mountpoint.c_str());
-  Status st = (*mount)->Run();
+  goldcache::Status st = (*mount)->Run();
   sd_notify(0, "STOPPING=1\nSTATUS=stopping");
   mount->reset();
+  control->reset();
   stats->reset();
-  Status flushed = (*cache)->FlushIndex();
+  goldcache::Status flushed = (*cache)->FlushIndex();
   if (!flushed.ok()) spdlog::error("flushing the cache index: {}", flushed.ToString());
   if (!st.ok()) return Fail("serving stopped: " + st.ToString());
   spdlog::info("stopped cleanly");
@@ -115,7 +278,10 @@ int main(int argc, char** argv) {
       "goldcached: the goldcache per-host agent.\n"
       "Mounts a FUSE view of a VM datastore. Reads of template files are served from a\n"
       "host-local chunk cache, so N desktops booting from one golden image cost the\n"
-      "datastore one read per chunk. Runs in the foreground; stops cleanly on SIGTERM/SIGINT.\n"
+      "datastore one read per chunk. Nonpersistent desktops' writes stay on this host\n"
+      "(RAM, spilling to the cache dir) and never reach the datastore.\n"
+      "--cache-size is the local disk budget shared by the read cache and those writes;\n"
+      "the writes come first. Runs in the foreground; stops cleanly on SIGTERM/SIGINT.\n"
       "Roles: the first matching --template/--nonpersistent glob wins (in the order given);\n"
       "other paths pass through. '*' matches within a path component, '**' any depth."};
   app.set_version_flag("--version", std::string("goldcached ") + GOLDCACHE_VERSION);
@@ -144,6 +310,20 @@ int main(int argc, char** argv) {
          "Glob of non-persistent desktop disks; repeatable")
       ->trigger_on_parse()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--overlay-ram", flags.overlay_ram,
+                 "RAM for one nonpersistent desktop's writes before they spill to local disk")
+      ->capture_default_str();
+  app.add_option("--overlay-ram-host", flags.overlay_ram_host,
+                 "RAM for all nonpersistent desktops' writes together")
+      ->capture_default_str();
+  app.add_option("--reset", flags.reset,
+                 "When a nonpersistent desktop's writes are discarded: on-last-close (when the "
+                 "VM shuts down) or manual (goldcache reset PATH)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on-last-close", "manual"}));
+  app.add_option("--control-socket", flags.control_socket,
+                 "Unix socket of the goldcache CLI (root only)")
+      ->capture_default_str();
   app.add_option("--stats-listen", flags.stats_listen,
                  "HOST:PORT of the statistics endpoint (/metrics, /stats, /healthz)")
       ->capture_default_str();
