@@ -1,4 +1,5 @@
-"""goldcache demo: a boot storm of 8 desktops on one template, twice.
+"""goldcache demo: a boot storm of 8 desktops on one template, twice, then
+8 desktops (linked clones) reading and writing through the mount.
 
 Run through ./scripts/demo.sh (which builds first). Makes a demo datastore in
 /tmp/goldcache-test.XXXXXXXX, mounts goldcached over it, lets 8 readers read the
@@ -8,8 +9,10 @@ then stops the agent and removes everything. Ctrl-C at any point cleans up too.
 """
 
 import errno
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -78,6 +81,50 @@ def report(title, agent, before, seconds, bad):
     return m, bad
 
 
+def desktops_at_work(ws, agent):
+    """8 desktops (qcow2 linked clones of the template, provisioned on the
+    datastore) boot through the mount: each reads from its template through the
+    clone and writes its own data, with real QEMU IO (qemu-io, cache=none).
+    Their writes stay on this host; shutting them down discards them."""
+    clones = [f"pool/vm{i:02d}.qcow2" for i in range(1, len(DESKTOPS) + 1)]
+    for c in clones:  # provisioning, on the datastore itself (a few hundred KiB each)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        "../" + TEMPLATE, os.path.basename(c)], cwd=ws.ds("pool"), check=True)
+    before_sha = {c: gcrig.sha256_file(ws.ds(c)) for c in clones}
+    before = agent.metrics()
+    # The hypervisor holds each disk open while its VM runs.
+    held = [os.open(ws.mnt(c), os.O_RDONLY) for c in clones]
+    try:
+        procs = []
+        for i, c in enumerate(clones):
+            pattern = 0x10 + i
+            cmds = ["read -q 0 32M",                                  # boot: template blocks
+                    f"write -q -P {pattern:#x} 64M 16M",               # the desktop's own writes
+                    f"read -q -P {pattern:#x} 64M 16M"]                # and they read back
+            argv = ["qemu-io", "-f", "qcow2", "-t", "none"]
+            for cmd in cmds:
+                argv += ["-c", cmd]
+            procs.append(subprocess.Popen(argv + [ws.mnt(c)], stdin=subprocess.DEVNULL))
+        failed = [c for c, p in zip(clones, procs) if p.wait(600) != 0]
+        m = agent.metrics()
+        d = lambda name, **kw: m.value(name, 0.0, **kw) - before.value(name, 0.0, **kw)  # noqa
+        say(f"desktops: {len(clones)} linked clones booted (qemu-io -t none), each wrote 16 MiB; "
+            f"{'all verified' if not failed else 'FAILED: ' + ', '.join(failed)}")
+        say(f"desktops: overlays hold {human(m.value('goldcache_overlay_bytes', 0.0, tier='ram'))}"
+            f" in RAM, {human(m.value('goldcache_overlay_bytes', 0.0, tier='disk'))} on local "
+            f"disk; the datastore received {d('goldcache_datastore_write_bytes_total'):.0f} bytes")
+        print(agent.cli("list").stdout, flush=True)
+    finally:
+        for fd in held:
+            os.close(fd)
+    # Last close = the VM shut down: its overlay is discarded.
+    left = json.loads(agent.cli("list", "--json").stdout)["desktops"]
+    unchanged = all(gcrig.sha256_file(ws.ds(c)) == before_sha[c] for c in clones)
+    say(f"desktops shut down: {len(left)} overlays left (all discarded on last close); "
+        f"clones on the datastore {'unchanged' if unchanged else 'CHANGED'}")
+    return not failed and unchanged
+
+
 def main():
     # SIGTERM (and SIGHUP) end the demo like Ctrl-C: through the finally below.
     def interrupt(signum, frame):
@@ -98,7 +145,8 @@ def main():
         os.makedirs(ws.ds("pool"))
         gcrig.write_file(ws.ds("vms/notes.txt"), b"a passthrough file\n")
 
-        agent = ws.agent(cache_size="1GiB")
+        # A small RAM tier per desktop, so the demo shows writes spilling to local disk.
+        agent = ws.agent(cache_size="1GiB", extra_args=["--overlay-ram", "8MiB"])
         agent.start()
         say("started: goldcached " + " ".join(agent.argv()[1:]).replace(ws.root, "$WS"))
         say(f"goldcached pid {agent.pid} is ready (sd_notify READY=1): "
@@ -118,10 +166,14 @@ def main():
         secs, bad = storm(ws.mnt(TEMPLATE), data)
         _, bad2 = report("storm 2 (warm cache)", agent, after1, secs, bad)
 
+        desktops_ok = desktops_at_work(ws, agent)
+        print(agent.cli("status").stdout, flush=True)
+
         say(f"stopping goldcached (SIGTERM to pid {agent.pid})")
         rc = agent.stop()
         say(f"goldcached exited with {rc}; mounted: {gcrig.is_mounted(ws.mountpoint)}")
-        ok = rc == 0 and not bad1 and not bad2 and not gcrig.is_mounted(ws.mountpoint)
+        ok = (rc == 0 and not bad1 and not bad2 and desktops_ok
+              and not gcrig.is_mounted(ws.mountpoint))
     except KeyboardInterrupt:
         say("interrupted")
     except gcrig.AgentError as e:
