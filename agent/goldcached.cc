@@ -162,11 +162,23 @@ struct Agent {
          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
   }
 
+  // The cache's name for a datastore path (GenerationKey::path).
+  std::string CacheKeyPath(const std::string& path) const { return name + ":" + path; }
+
   Result<nlohmann::json> Handle(const nlohmann::json& req, const Progress& progress) {
     const std::string command = req.value("command", "");
     if (command == "status") return Status();
     if (command == "stats") return Stats();
     if (command == "list") return List();
+    if (command == "check") {
+      auto report = cache.Check([&](uint64_t done, uint64_t total) {
+        return progress({{"done_bytes", done}, {"total_bytes", total}, {"unit", "chunks"}});
+      });
+      if (!report.ok()) return report.status();
+      return nlohmann::json{{"checked_chunks", report->chunks},
+                            {"checked_bytes", report->bytes},
+                            {"bad_chunks_dropped", report->bad}};
+    }
     auto path = DatastorePath(req.value("path", ""));
     if (!path.ok()) return path.status();
     if (command == "reset") {
@@ -174,13 +186,23 @@ struct Agent {
       return nlohmann::json{{"path", *path}, {"reset", true}};
     }
     if (command == "warm") {
-      if (req.value("pin", false)) {
-        return goldcache::Status::Error(Code::kNotSupported, "warm --pin is not available yet");
-      }
-      return Warm(*path, req.value("rate_bytes_per_second", uint64_t{0}), progress);
+      auto warmed = Warm(*path, req.value("rate_bytes_per_second", uint64_t{0}), progress);
+      if (!warmed.ok() || !req.value("pin", false)) return warmed;
+      // The open in Warm bound the file's current generation: the newest one.
+      auto gens = cache.GenerationsOf(CacheKeyPath(*path));
+      if (gens.empty()) return goldcache::Status::Error(Code::kNotFound, *path + ": not cached");
+      GC_RETURN_IF_ERROR(cache.Pin(gens.back(), true));
+      (*warmed)["pinned_generation"] = gens.back();
+      return warmed;
     }
-    return goldcache::Status::Error(Code::kNotSupported,
-                                    "unknown or not yet available command '" + command + "'");
+    if (command == "evict") {
+      uint64_t bytes = 0;
+      auto gens = cache.GenerationsOf(CacheKeyPath(*path));
+      for (auto gen : gens) bytes += cache.Evict(gen);
+      return nlohmann::json{
+          {"path", *path}, {"generations", gens.size()}, {"evicted_bytes", bytes}};
+    }
+    return goldcache::Status::Error(Code::kNotSupported, "unknown command '" + command + "'");
   }
 };
 

@@ -127,6 +127,16 @@ Status ChunkCache::Init() {
   slot_pins_.assign(slots_, 0);
 
   GC_RETURN_IF_ERROR(LoadRecords(recovered_from_crash_));
+  auto pins = index_->GetMeta("pinned_generations");
+  if (!pins.ok()) return pins.status();
+  if (pins->has_value()) {
+    std::string_view list = **pins;
+    while (!list.empty()) {
+      auto comma = list.find(',');
+      pinned_.insert(std::stoull(std::string(list.substr(0, comma))));
+      list = comma == std::string_view::npos ? "" : list.substr(comma + 1);
+    }
+  }
 
   // The marker goes down only once the loaded state is consistent.
   int fd = open(marker.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
@@ -241,8 +251,8 @@ uint64_t ChunkCache::LendSpace(uint64_t bytes) {
   std::lock_guard lock(mu_);
   lent_slots_.insert(lent_slots_.end(), taken.begin(), taken.end());
   if (!taken.empty()) {
-    spdlog::info("cache: lent {} bytes to overlays (capacity now {} bytes)",
-                 taken.size() * chunk_size_, (slots_ - lent_slots_.size()) * chunk_size_);
+    spdlog::debug("cache: lent {} bytes to overlays (capacity now {} bytes)",
+                  taken.size() * chunk_size_, (slots_ - lent_slots_.size()) * chunk_size_);
   }
   return taken.size() * chunk_size_;
 }
@@ -464,8 +474,10 @@ std::optional<uint64_t> ChunkCache::AllocateSlot() {
 }
 
 void ChunkCache::EvictLocked(size_t n) {
-  auto victims = policy_->PickVictims(
-      n, [this](const ChunkKey& key) { return slot_pins_[entries_.at(key).rec.slot] == 0; });
+  // Never a chunk being read, never a pinned template (warm --pin).
+  auto victims = policy_->PickVictims(n, [this](const ChunkKey& key) {
+    return slot_pins_[entries_.at(key).rec.slot] == 0 && !pinned_.count(key.gen);
+  });
   for (const ChunkKey& key : victims) {
     auto it = entries_.find(key);
     const index::ChunkRecord rec = it->second.rec;
@@ -485,6 +497,89 @@ void ChunkCache::DropLocked(const ChunkKey& key, const index::ChunkRecord& rec) 
   used_bytes_ -= rec.length;
   if ((bytes_by_generation_[key.gen] -= rec.length) == 0) bytes_by_generation_.erase(key.gen);
   pending_free_.push_back(PendingFree{index_->Delete(key), rec.slot});
+}
+
+std::vector<GenerationId> ChunkCache::GenerationsOf(const std::string& path) const {
+  return index_->GenerationsOfPath(path);
+}
+
+uint64_t ChunkCache::Evict(GenerationId gen) {
+  uint64_t bytes = 0;
+  {
+    std::lock_guard lock(mu_);
+    std::vector<std::pair<ChunkKey, index::ChunkRecord>> victims;
+    for (const auto& [key, entry] : entries_) {
+      if (key.gen == gen) victims.emplace_back(key, entry.rec);
+    }
+    // A chunk being read keeps its slot until the read ends (slot pins).
+    for (const auto& [key, rec] : victims) {
+      DropLocked(key, rec);
+      bytes += rec.length;
+    }
+    m_->evictions.Add(victims.size());
+  }
+  if (pinned(gen)) (void)Pin(gen, false);
+  index_->RequestCommit();
+  return bytes;
+}
+
+Status ChunkCache::Pin(GenerationId gen, bool pin) {
+  std::string list;
+  {
+    std::lock_guard lock(mu_);
+    if (pin) {
+      pinned_.insert(gen);
+    } else {
+      pinned_.erase(gen);
+    }
+    std::vector<GenerationId> sorted(pinned_.begin(), pinned_.end());
+    std::sort(sorted.begin(), sorted.end());
+    for (GenerationId g : sorted) list += (list.empty() ? "" : ",") + std::to_string(g);
+  }
+  return index_->PutMeta("pinned_generations", list);
+}
+
+bool ChunkCache::pinned(GenerationId gen) const {
+  std::lock_guard lock(mu_);
+  return pinned_.count(gen) != 0;
+}
+
+Result<ChunkCache::CheckReport> ChunkCache::Check(
+    const std::function<bool(uint64_t, uint64_t)>& progress) {
+  std::vector<std::pair<ChunkKey, index::ChunkRecord>> all;
+  {
+    std::lock_guard lock(mu_);
+    all.reserve(entries_.size());
+    for (const auto& [key, entry] : entries_) all.emplace_back(key, entry.rec);
+  }
+  CheckReport report;
+  std::vector<char> buf(chunk_size_);
+  for (size_t i = 0; i < all.size(); ++i) {
+    const auto& [key, rec] = all[i];
+    {
+      std::lock_guard lock(mu_);
+      auto it = entries_.find(key);
+      if (it == entries_.end() || !(it->second.rec == rec)) continue;  // gone meanwhile
+      ++slot_pins_[rec.slot];
+    }
+    Status st = ReadFromStore(key, rec, 0, rec.length, buf.data());
+    std::lock_guard lock(mu_);
+    --slot_pins_[rec.slot];
+    ++report.chunks;
+    report.bytes += rec.length;
+    if (!st.ok()) {
+      ++report.bad;
+      if (st.code() == Code::kCorruption) m_->checksum_failures.Add();
+      spdlog::warn("cache check: chunk {} of generation {} dropped: {}", key.chunk, key.gen,
+                   st.ToString());
+      DropLocked(key, rec);
+    }
+    if (progress && (i % 64 == 63 || i + 1 == all.size()) && !progress(i + 1, all.size())) {
+      break;
+    }
+  }
+  index_->RequestCommit();
+  return report;
 }
 
 void ChunkCache::ReclaimLocked() {

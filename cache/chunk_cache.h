@@ -28,12 +28,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "cache/chunk_store.h"
@@ -102,6 +104,24 @@ class ChunkCache {
   uint64_t LendSpace(uint64_t bytes);
   uint64_t ReturnSpace(uint64_t bytes);
 
+  // Every generation the index knows for `path` (GenerationKey::path).
+  std::vector<GenerationId> GenerationsOf(const std::string& path) const;
+  // Drops every cached chunk of `gen` (chunks being read go when their reads
+  // end... and are simply skipped here) and unpins it. Returns bytes dropped.
+  uint64_t Evict(GenerationId gen);
+  // Pinned generations are never evicted (warm --pin); durable across restarts.
+  Status Pin(GenerationId gen, bool pinned);
+  bool pinned(GenerationId gen) const;
+
+  struct CheckReport {
+    uint64_t chunks = 0;  // verified
+    uint64_t bytes = 0;
+    uint64_t bad = 0;  // failed and dropped
+  };
+  // Reads and verifies every cached chunk, dropping those that fail.
+  // `progress(done, total)` is called now and then; returning false stops.
+  Result<CheckReport> Check(const std::function<bool(uint64_t, uint64_t)>& progress);
+
   uint32_t chunk_size() const { return chunk_size_; }
   uint64_t capacity_bytes() const;
   uint64_t used_bytes() const;
@@ -161,6 +181,7 @@ class ChunkCache {
   std::vector<PendingFree> pending_free_;  // GUARDED_BY(mu_)
   std::vector<uint64_t> lent_slots_;       // GUARDED_BY(mu_) space lent to overlays
   std::unordered_map<GenerationId, uint64_t> bytes_by_generation_;  // GUARDED_BY(mu_)
+  std::unordered_set<GenerationId> pinned_;                         // GUARDED_BY(mu_)
   uint64_t used_bytes_ = 0;                                         // GUARDED_BY(mu_)
 };
 

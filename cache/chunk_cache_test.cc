@@ -324,5 +324,71 @@ TEST_F(ChunkCacheTest, LendsSpaceToOverlaysByEvictingAndGrowsBackWhenReturned) {
   EXPECT_EQ(src.reads.load(), 0u);  // grown back: everything fits again
 }
 
+TEST_F(ChunkCacheTest, CheckFindsAndDropsEveryCorruptChunk) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(6 * kChunk, 14));
+  GenerationId gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  int fd = open((dir_ + "/cache/chunks.dat").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  for (uint64_t slot : {1, 4}) {
+    char byte = 0x55;
+    ASSERT_EQ(pwrite(fd, &byte, 1, slot * kChunk + 777), 1);
+  }
+  close(fd);
+  uint64_t last_done = 0;
+  auto report = cache->Check([&](uint64_t done, uint64_t total) {
+    last_done = done;
+    return true;
+  });
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->chunks, 6u);
+  EXPECT_EQ(report->bad, 2u);
+  EXPECT_EQ(last_done, 6u);
+  EXPECT_EQ(cache->used_bytes(), 4 * kChunk);
+  src.reads = 0;
+  ReadAllAndCheck(*cache, gen, src);
+  EXPECT_EQ(src.reads.load(), 2u);  // exactly the two dropped chunks come back
+}
+
+TEST_F(ChunkCacheTest, EvictDropsOneGenerationOnly) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource a(RandomBytes(3 * kChunk, 15)), b(RandomBytes(3 * kChunk, 16));
+  GenerationId ga = Bind(*cache, a.data().size(), 1);
+  GenerationId gb =
+      cache->BindGeneration(index::GenerationKey{"ds:u.img", 3 * kChunk, 1, 1, 2})->id;
+  ReadAllAndCheck(*cache, ga, a);
+  ReadAllAndCheck(*cache, gb, b);
+  EXPECT_EQ(cache->Evict(ga), 3 * kChunk);
+  EXPECT_EQ(cache->cached_bytes_of(ga), 0u);
+  EXPECT_EQ(cache->cached_bytes_of(gb), 3 * kChunk);
+  EXPECT_EQ(cache->GenerationsOf("ds:t.img"), std::vector<GenerationId>{ga});
+}
+
+TEST_F(ChunkCacheTest, PinnedGenerationSurvivesAScanAndARestart) {
+  CountingSource boot(RandomBytes(3 * kChunk, 17)), scan(RandomBytes(20 * kChunk, 18));
+  GenerationId gboot;
+  {
+    metrics::Registry reg;
+    auto cache = OpenCache(reg, 8 * kChunk);
+    gboot = Bind(*cache, boot.data().size(), 1);
+    ReadAllAndCheck(*cache, gboot, boot);
+    ASSERT_TRUE(cache->Pin(gboot, true).ok());
+  }
+  metrics::Registry reg;
+  auto cache = OpenCache(reg, 8 * kChunk);
+  EXPECT_TRUE(cache->pinned(gboot));
+  GenerationId gscan =
+      cache->BindGeneration(index::GenerationKey{"ds:scan.img", 20 * kChunk, 1, 1, 3})->id;
+  EXPECT_EQ(cache->cached_bytes_of(gboot), 3 * kChunk);
+  ReadAllAndCheck(*cache, gscan, scan);  // a scan much larger than the cache
+  EXPECT_EQ(cache->cached_bytes_of(gboot), 3 * kChunk);
+  boot.reads = 0;
+  ReadAllAndCheck(*cache, Bind(*cache, boot.data().size(), 1), boot);
+  EXPECT_EQ(boot.reads.load(), 0u);
+}
+
 }  // namespace
 }  // namespace goldcache::cache

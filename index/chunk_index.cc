@@ -5,6 +5,8 @@
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace goldcache::index {
 namespace {
 
@@ -98,6 +100,16 @@ std::optional<GenerationKey> ChunkIndex::GenerationOf(GenerationId id) const {
   auto it = generations_.find(id);
   if (it == generations_.end()) return std::nullopt;
   return it->second;
+}
+
+std::vector<GenerationId> ChunkIndex::GenerationsOfPath(const std::string& path) const {
+  std::lock_guard lock(mu_);
+  std::vector<GenerationId> out;
+  for (const auto& [id, key] : generations_) {
+    if (key.path == path) out.push_back(id);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 Status ChunkIndex::ForEachChunk(

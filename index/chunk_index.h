@@ -64,6 +64,8 @@ class ChunkIndex {
   Result<GenerationBinding> BindGeneration(const GenerationKey& key);
   // The key of a known generation.
   std::optional<GenerationKey> GenerationOf(GenerationId id) const;
+  // Every known generation of `path` (as in GenerationKey::path), oldest first.
+  std::vector<GenerationId> GenerationsOfPath(const std::string& path) const;
 
   // Visits every durable chunk record (used once at startup).
   Status ForEachChunk(const std::function<void(const ChunkKey&, const ChunkRecord&)>& fn) const;
