@@ -16,7 +16,8 @@ PACKAGES=(
   libfuse3-dev fuse3 librocksdb-dev liburing-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev
   libcpp-httplib-dev libcli11-dev libtomlplusplus-dev
-  qemu-utils fio python3 python3-pytest python3-prometheus-client
+  libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind
+  qemu-utils fio python3 python3-pytest python3-prometheus-client dpkg-dev systemd
   procps util-linux ca-certificates
 )
 
