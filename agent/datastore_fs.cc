@@ -60,7 +60,15 @@ struct DatastoreFs::Counters {
                                  {{"kind", "stale_generation"}})),
         read_errors(r.GetCounter("goldcache_errors_total", "Errors by kind.", {{"kind", "read"}})),
         readonly_refusals(r.GetCounter("goldcache_readonly_refusals_total",
-                                       "Changes refused (EROFS) because of a file's role.")) {}
+                                       "Changes refused (EROFS) because of a file's role.")),
+        outage_attrs(r.GetCounter(
+            "goldcache_datastore_outage_fallbacks_total",
+            "Requests answered from what goldcache knew while the datastore timed out.",
+            {{"what", "attributes"}})),
+        outage_opens(r.GetCounter(
+            "goldcache_datastore_outage_fallbacks_total",
+            "Requests answered from what goldcache knew while the datastore timed out.",
+            {{"what", "open"}})) {}
   metrics::Counter& read_cache;
   metrics::Counter& read_datastore;
   metrics::Counter& read_overlay;
@@ -73,6 +81,8 @@ struct DatastoreFs::Counters {
   metrics::Counter& stale_reads;
   metrics::Counter& read_errors;
   metrics::Counter& readonly_refusals;
+  metrics::Counter& outage_attrs;
+  metrics::Counter& outage_opens;
 };
 
 // The datastore file of one generation, as the chunk cache's source of
@@ -80,15 +90,32 @@ struct DatastoreFs::Counters {
 class DatastoreFs::GenerationSource : public cache::ChunkSource {
  public:
   GenerationSource(DatastoreFs& fs, std::string path, index::GenerationKey key,
-                   index::GenerationId gen, std::unique_ptr<backing::BackingFile> file)
-      : fs_(fs), path_(std::move(path)), key_(std::move(key)), gen_(gen), file_(std::move(file)) {}
+                   index::GenerationId gen, const struct stat& attr,
+                   std::unique_ptr<backing::BackingFile> file)
+      : fs_(fs),
+        path_(std::move(path)),
+        key_(std::move(key)),
+        gen_(gen),
+        attr_(attr),
+        file_(std::move(file)) {}
 
   Result<size_t> ReadAt(uint64_t offset, std::span<char> buf) override {
-    auto n = file_->ReadAt(offset, buf);
+    backing::BackingFile* file;
+    {
+      // Opened at the first miss when the open itself found the datastore down.
+      std::lock_guard lock(file_mu_);
+      if (!file_) {
+        auto opened = fs_.backing_.Open(path_, O_RDONLY);
+        if (!opened.ok()) return opened.status();
+        file_ = std::move(opened).value();
+      }
+      file = file_.get();
+    }
+    auto n = file->ReadAt(offset, buf);
     if (!n.ok()) return n;
     // Checked after the read: if the file changed before or during it, the
     // attributes say so now, and the bytes are not used.
-    auto st = file_->Stat();
+    auto st = file->Stat();
     if (!st.ok()) return st.status();
     if (!(GenerationKeyOf(fs_.name_, path_, *st) == key_)) {
       if (!reported_change_.exchange(true)) {
@@ -115,11 +142,9 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
     return r;
   }
 
-  Result<struct stat> Stat() {
-    auto st = file_->Stat();
-    if (st.ok()) st->st_size = static_cast<off_t>(key_.size);  // this generation's size
-    return st;
-  }
+  // What the datastore said at open: a handle's view is its generation, and
+  // answering from it keeps fstat working while the datastore is down.
+  Result<struct stat> Stat() const { return attr_; }
   uint64_t size() const { return key_.size; }
   index::GenerationId generation() const { return gen_; }
 
@@ -128,7 +153,9 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
   const std::string path_;
   const index::GenerationKey key_;
   const index::GenerationId gen_;
-  const std::unique_ptr<backing::BackingFile> file_;
+  const struct stat attr_;
+  std::mutex file_mu_;
+  std::unique_ptr<backing::BackingFile> file_;  // GUARDED_BY(file_mu_); null until needed
   std::atomic<bool> reported_change_{false};
 };
 
@@ -326,7 +353,47 @@ Result<struct stat> DatastoreFs::GetAttr(const std::string& path) {
     std::lock_guard lock(mu_);
     if (auto it = desktops_.find(path); it != desktops_.end()) return DesktopAttr(*it->second);
   }
-  return backing_.Stat(path);
+  return StatWithFallback(path);
+}
+
+Result<struct stat> DatastoreFs::StatWithFallback(const std::string& path) {
+  auto st = backing_.Stat(path);
+  if (st.ok()) {
+    if (S_ISDIR(st->st_mode) || rules_.RoleOf(path) == Role::kTemplate) {
+      std::lock_guard lock(mu_);
+      if (last_attr_.size() < 1'000'000) last_attr_[path] = *st;
+    }
+    return st;
+  }
+  if (st.status().code() != Code::kTimedOut) return st;
+  if (auto known = LastKnownAttr(path)) {
+    counters_->outage_attrs.Add();
+    return *known;
+  }
+  return st;
+}
+
+std::optional<struct stat> DatastoreFs::LastKnownAttr(const std::string& path) const {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = last_attr_.find(path); it != last_attr_.end()) return it->second;
+  }
+  if (rules_.RoleOf(path) != Role::kTemplate) return std::nullopt;
+  // After a restart: the index still knows the template's last generation.
+  auto gens = cache_.GenerationsOf(name_ + ":" + path);
+  if (gens.empty()) return std::nullopt;
+  auto key = cache_.GenerationKeyOf(gens.back());
+  if (!key) return std::nullopt;
+  struct stat st {};
+  st.st_mode = S_IFREG | 0444;
+  st.st_nlink = 1;
+  st.st_size = static_cast<off_t>(key->size);
+  st.st_ino = key->ino;
+  st.st_blksize = 4096;
+  st.st_mtim = {key->mtime_ns / 1'000'000'000, key->mtime_ns % 1'000'000'000};
+  st.st_ctim = {key->ctime_ns / 1'000'000'000, key->ctime_ns % 1'000'000'000};
+  st.st_atim = st.st_mtim;
+  return st;
 }
 
 Result<std::vector<fuse::DirEntry>> DatastoreFs::ReadDir(const std::string& path) {
@@ -373,9 +440,27 @@ Result<std::unique_ptr<DatastoreFs::GenerationSource>> DatastoreFs::OpenGenerati
     const std::string& path) {
   // Structurally read-only: the datastore file is opened O_RDONLY, always.
   auto file = backing_.Open(path, O_RDONLY);
-  if (!file.ok()) return file.status();
-  auto st = (*file)->Stat();
-  if (!st.ok()) return st.status();
+  Result<struct stat> st = Status::Error(Code::kTimedOut, "");
+  if (file.ok()) {
+    st = (*file)->Stat();
+  } else if (file.status().code() != Code::kTimedOut) {
+    return file.status();
+  }
+  std::unique_ptr<backing::BackingFile> opened;
+  if (st.ok()) {
+    opened = std::move(file).value();
+  } else if (st.status().code() != Code::kTimedOut) {
+    return st.status();
+  } else if (auto known =
+                 rules_.RoleOf(path) == Role::kTemplate ? LastKnownAttr(path) : std::nullopt) {
+    // The datastore is down: open the last known generation; cached chunks
+    // serve, misses reach for the datastore again (and time out meanwhile).
+    counters_->outage_opens.Add();
+    spdlog::warn("{}: datastore not answering; opening the last known generation", path);
+    st = *known;
+  } else {
+    return st.status();
+  }
   if (!S_ISREG(st->st_mode)) {
     return Status::Error(Code::kInvalidArgument, path + " is not a regular file");
   }
@@ -387,8 +472,12 @@ Result<std::unique_ptr<DatastoreFs::GenerationSource>> DatastoreFs::OpenGenerati
     spdlog::info("{}: changed on the datastore: new generation {} (size {})", path, binding->id,
                  key.size);
   }
-  return std::make_unique<GenerationSource>(*this, path, std::move(key), binding->id,
-                                            std::move(file).value());
+  {
+    std::lock_guard lock(mu_);
+    last_attr_[path] = *st;
+  }
+  return std::make_unique<GenerationSource>(*this, path, std::move(key), binding->id, *st,
+                                            std::move(opened));
 }
 
 Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::string& path,

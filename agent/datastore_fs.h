@@ -30,6 +30,13 @@
 // that handle fail with EIO (kStale) rather than mix two generations, and the
 // change is logged and counted.
 //
+// Datastore outage (invariant 6): when the datastore does not answer in
+// time, lookups of templates and directories are answered from the
+// attributes last seen, and a template opens as its last known generation
+// (from memory, or from the index after a restart): cached chunks keep
+// serving, misses fail with EIO after the datastore timeout, and everything
+// works again by itself when the datastore is back.
+//
 // Thread safety: safe for concurrent use, as fuse::FileSystem requires.
 #pragma once
 
@@ -120,8 +127,13 @@ class DatastoreFs : public fuse::FileSystem {
   // kReadOnly unless the path is passthrough: the role forbids changes.
   Status RequireMutable(const std::string& path) const;
   Status ReadOnly(const std::string& path, const char* why) const;
-  // Opens `path` on the datastore read-only and binds its generation.
+  // Opens `path` on the datastore read-only and binds its generation; while
+  // the datastore times out, binds the last generation known for it.
   Result<std::unique_ptr<GenerationSource>> OpenGeneration(const std::string& path);
+  // backing_.Stat, remembering what templates and directories look like, and
+  // answering from that memory while the datastore times out.
+  Result<struct stat> StatWithFallback(const std::string& path);
+  std::optional<struct stat> LastKnownAttr(const std::string& path) const;
   Result<std::unique_ptr<fuse::OpenFile>> OpenCached(const std::string& path, int flags);
   void OnCachedFileClosed(const std::string& path, index::GenerationId gen);
   Result<std::unique_ptr<fuse::OpenFile>> OpenDesktop(const std::string& path, int flags,
@@ -143,6 +155,8 @@ class DatastoreFs : public fuse::FileSystem {
   // Live overlays by datastore-relative path.
   std::unordered_map<std::string, std::shared_ptr<Desktop>> desktops_;  // GUARDED_BY(mu_)
   uint64_t next_local_ino_ = 1;                                         // GUARDED_BY(mu_)
+  // Attributes of templates and directories as last seen on the datastore.
+  std::unordered_map<std::string, struct stat> last_attr_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace goldcache::agent

@@ -19,6 +19,7 @@
 #include "agent/rules.h"
 #include "agent/stats_server.h"
 #include "backing/metered_backing.h"
+#include "backing/nfs_backing.h"
 #include "cache/chunk_cache.h"
 #include "fuse/mount.h"
 #include "metrics/metrics.h"
@@ -35,6 +36,8 @@ struct Flags {
   std::string cache_size = "10GiB";
   std::string chunk_size = "1MiB";
   std::vector<Rule> rules;
+  std::string datastore_timeout = "30s";
+  unsigned datastore_connections = 4;
   std::string overlay_ram = "256MiB";
   std::string overlay_ram_host = "4GiB";
   std::string reset = "on-last-close";
@@ -221,10 +224,28 @@ int Serve(const Flags& flags) {
   auto rules = RuleSet::Create(flags.rules);
   if (!rules.ok()) return Fail(rules.status().message());
 
+  auto timeout = ParseDuration(flags.datastore_timeout);
+  if (!timeout.ok()) return Fail("--datastore-timeout: " + timeout.status().message());
+
   metrics::Registry registry;
-  auto posix = backing::OpenPosixBacking(flags.datastore);
-  if (!posix.ok()) return Fail("--datastore: " + posix.status().message());
-  auto datastore = backing::MakeMeteredBacking(std::move(posix).value(), registry);
+  // The datastore's identity in generation keys: its URL, or its absolute
+  // path, so a restart over the same datastore finds its cached chunks again.
+  std::string name;
+  Result<std::unique_ptr<backing::Backing>> opened = Status::Error(Code::kNotFound, "");
+  if (backing::IsNfsUrl(flags.datastore)) {
+    name = flags.datastore;
+    backing::NfsOptions nfs;
+    nfs.timeout = *timeout;
+    nfs.connections = std::max(1u, flags.datastore_connections);
+    opened = backing::OpenNfsBacking(flags.datastore, nfs);
+  } else {
+    std::error_code ec;
+    name = std::filesystem::absolute(flags.datastore, ec).lexically_normal().string();
+    if (name.size() > 1 && name.back() == '/') name.pop_back();
+    opened = backing::OpenPosixBacking(flags.datastore);
+  }
+  if (!opened.ok()) return Fail("--datastore: " + opened.status().message());
+  auto datastore = backing::MakeMeteredBacking(std::move(opened).value(), registry);
 
   cache::CacheOptions cache_options;
   cache_options.dir = flags.cache_dir;
@@ -245,11 +266,6 @@ int Serve(const Flags& flags) {
   auto overlays = overlay::OverlayStore::Open(overlay_options);
   if (!overlays.ok()) return Fail("--cache-dir: " + overlays.status().message());
 
-  // The datastore's identity in generation keys: its absolute source path, so
-  // a restart over the same datastore finds its cached chunks again.
-  std::error_code ec;
-  std::string name = std::filesystem::absolute(flags.datastore, ec).lexically_normal().string();
-  if (!name.empty() && name.size() > 1 && name.back() == '/') name.pop_back();
   auto reset = flags.reset == "manual" ? DatastoreFs::ResetPolicy::kManual
                                        : DatastoreFs::ResetPolicy::kOnLastClose;
   DatastoreFs fs(name, *datastore, std::move(rules).value(), **cache, **overlays, reset, registry);
@@ -307,8 +323,17 @@ int main(int argc, char** argv) {
       "Roles: the first matching --template/--nonpersistent glob wins (in the order given);\n"
       "other paths pass through. '*' matches within a path component, '**' any depth."};
   app.set_version_flag("--version", std::string("goldcached ") + GOLDCACHE_VERSION);
-  app.add_option("--datastore", flags.datastore, "Datastore directory (e.g. a kernel NFS mount)")
+  app.add_option("--datastore", flags.datastore,
+                 "The datastore: a directory (e.g. a kernel NFS mount) or an NFSv3 URL, "
+                 "nfs://HOST/EXPORT[/DIR][?nfsport=N&mountport=N&version=3]")
       ->required();
+  app.add_option("--datastore-timeout", flags.datastore_timeout,
+                 "nfs://: how long one datastore request may take before the read fails with "
+                 "EIO (cached data keeps being served meanwhile); e.g. 30s")
+      ->capture_default_str();
+  app.add_option("--datastore-connections", flags.datastore_connections,
+                 "nfs://: connections to the filer (requests in flight)")
+      ->capture_default_str();
   app.add_option("--mountpoint", flags.mountpoint, "Where to mount the goldcache view")->required();
   app.add_option("--cache-dir", flags.cache_dir, "Host-local cache directory (on SSD)")->required();
   app.add_option("--cache-size", flags.cache_size, "Read cache capacity, e.g. 200GiB")

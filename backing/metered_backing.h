@@ -1,6 +1,11 @@
 // A Backing decorator that counts everything crossing to the datastore, so an
 // operator can see how much load the agent still puts on shared storage, and
-// tests can prove a nonpersistent desktop wrote nothing there.
+// tests can prove a nonpersistent desktop wrote nothing there. It also keeps
+// the datastore's health (invariant 6): once an operation times out, the
+// datastore is down and further operations fail at once with kTimedOut
+// instead of each waiting out the timeout; one operation per
+// `retry_interval` goes through as a probe, and the first answer that is not
+// a timeout marks the datastore up again.
 //
 // Metrics (all carry `labels`, e.g. {{"datastore", "ds1"}}):
 //   goldcache_datastore_read_bytes_total      bytes returned by file reads
@@ -16,6 +21,9 @@
 //       except kNotFound and kExists, which are answers, not failures (every
 //       lookup of a name the kernel has not seen yet may be ENOENT)
 //   goldcache_datastore_read_latency_seconds  histogram of ReadAt latency
+//   goldcache_datastore_up                    1 while answering, 0 while down
+//   goldcache_datastore_outages_total         times it went down
+//   goldcache_datastore_fast_failures_total   operations refused while down
 // A failed ReadAt/WriteAt counts as an op with zero bytes.
 //
 // Ownership: takes `inner`; `registry` must outlive the returned Backing and
@@ -23,6 +31,7 @@
 // lock-free.
 #pragma once
 
+#include <chrono>
 #include <memory>
 
 #include "backing/backing.h"
@@ -30,8 +39,8 @@
 
 namespace goldcache::backing {
 
-std::unique_ptr<Backing> MakeMeteredBacking(std::unique_ptr<Backing> inner,
-                                            metrics::Registry& registry,
-                                            const metrics::Labels& labels = {});
+std::unique_ptr<Backing> MakeMeteredBacking(
+    std::unique_ptr<Backing> inner, metrics::Registry& registry, const metrics::Labels& labels = {},
+    std::chrono::milliseconds retry_interval = std::chrono::seconds(1));
 
 }  // namespace goldcache::backing

@@ -499,6 +499,10 @@ void ChunkCache::DropLocked(const ChunkKey& key, const index::ChunkRecord& rec) 
   pending_free_.push_back(PendingFree{index_->Delete(key), rec.slot});
 }
 
+std::optional<index::GenerationKey> ChunkCache::GenerationKeyOf(GenerationId gen) const {
+  return index_->GenerationOf(gen);
+}
+
 std::vector<GenerationId> ChunkCache::GenerationsOf(const std::string& path) const {
   return index_->GenerationsOfPath(path);
 }

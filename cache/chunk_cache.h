@@ -104,6 +104,8 @@ class ChunkCache {
   uint64_t LendSpace(uint64_t bytes);
   uint64_t ReturnSpace(uint64_t bytes);
 
+  // The key of a known generation (no datastore needed).
+  std::optional<index::GenerationKey> GenerationKeyOf(GenerationId gen) const;
   // Every generation the index knows for `path` (GenerationKey::path).
   std::vector<GenerationId> GenerationsOf(const std::string& path) const;
   // Drops every cached chunk of `gen` (chunks being read go when their reads
