@@ -9,10 +9,13 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <condition_variable>
 #include <filesystem>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
+#include "agent/config.h"
 #include "agent/control_server.h"
 #include "agent/datastore_fs.h"
 #include "agent/local_space.h"
@@ -29,89 +32,92 @@
 namespace goldcache::agent {
 namespace {
 
-struct Flags {
-  std::string datastore;
-  std::string mountpoint;
-  std::string cache_dir;
-  std::string cache_size = "10GiB";
-  std::string chunk_size = "1MiB";
-  std::vector<Rule> rules;
-  std::string datastore_timeout = "30s";
-  unsigned datastore_connections = 4;
-  std::string overlay_ram = "256MiB";
-  std::string overlay_ram_host = "4GiB";
-  std::string reset = "on-last-close";
-  std::string stats_listen = "127.0.0.1:9477";
-  bool stats_allow_non_loopback = false;
-  std::string control_socket = kDefaultControlSocket;
-  std::string log_level = "info";
-};
-
 int Fail(const std::string& what) {
   spdlog::critical("{}", what);
   return 1;
 }
 
+// One datastore as served: its backing, its view and its mount.
+struct Datastore {
+  const DatastoreConfig& config;
+  std::string identity;  // in generation keys: the URL or absolute path
+  std::unique_ptr<backing::Backing> backing;
+  std::unique_ptr<DatastoreFs> fs;
+  std::unique_ptr<fuse::Mount> mount;
+};
+
 // What the agent serves, for the control socket and /stats.
 struct Agent {
-  const Flags& flags;
-  std::string name;
+  const AgentConfig& config;
   cache::ChunkCache& cache;
   overlay::OverlayStore& overlays;
-  DatastoreFs& fs;
+  std::vector<Datastore>& datastores;
   metrics::Registry& registry;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
-  // A path as an operator gives it: under the mountpoint, under the
-  // datastore source, or relative to the datastore root.
-  Result<std::string> DatastorePath(const std::string& given) const {
+  // A path as an operator gives it: under a mountpoint, under a datastore
+  // source, or (with one datastore) relative to the datastore root.
+  Result<std::pair<Datastore*, std::string>> Resolve(const std::string& given) const {
     std::filesystem::path p = std::filesystem::path(given).lexically_normal();
-    for (const std::string& root : {flags.mountpoint, name}) {
-      auto rel = p.lexically_relative(std::filesystem::path(root).lexically_normal());
-      if (p.is_absolute() && !rel.empty() && *rel.begin() != "..") {
-        return rel == "." ? std::string() : rel.string();
+    for (Datastore& ds : datastores) {
+      for (const std::string& root : {ds.config.mountpoint, ds.identity}) {
+        auto rel = p.lexically_relative(std::filesystem::path(root).lexically_normal());
+        if (p.is_absolute() && !rel.empty() && *rel.begin() != "..") {
+          return std::make_pair(&ds, rel == "." ? std::string() : rel.string());
+        }
       }
     }
-    if (p.is_absolute() || (!p.empty() && *p.begin() == "..")) {
-      return Status::Error(Code::kInvalidArgument,
-                           given + " is not under " + flags.mountpoint + " or " + name);
+    if (!p.is_absolute() && datastores.size() == 1 && !(!p.empty() && *p.begin() == "..")) {
+      return std::make_pair(&datastores[0], p.string());
     }
-    return p.string();
+    std::string roots;
+    for (const Datastore& ds : datastores) roots += " " + ds.config.mountpoint;
+    return goldcache::Status::Error(Code::kInvalidArgument,
+                                    given + " is not under a goldcache mount:" + roots);
   }
 
   nlohmann::json Status() const {
+    nlohmann::json ds = nlohmann::json::array();
+    for (const Datastore& d : datastores) {
+      ds.push_back({{"name", d.config.name},
+                    {"source", d.identity},
+                    {"mountpoint", d.config.mountpoint},
+                    {"desktops", d.fs->Desktops().size()}});
+    }
     return {
         {"version", GOLDCACHE_VERSION},
         {"pid", getpid()},
         {"uptime_seconds",
          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()},
-        {"datastore", name},
-        {"mountpoint", flags.mountpoint},
-        {"cache_dir", flags.cache_dir},
+        {"datastores", ds},
+        {"cache_dir", config.cache.dir},
         {"cache_used_bytes", cache.used_bytes()},
         {"cache_capacity_bytes", cache.capacity_bytes()},
         {"overlay_ram_bytes", overlays.ram_bytes()},
         {"overlay_disk_bytes", overlays.disk_bytes()},
-        {"desktops", fs.Desktops().size()},
     };
   }
 
   nlohmann::json List() const {
     nlohmann::json templates = nlohmann::json::array(), desktops = nlohmann::json::array();
-    for (const auto& t : fs.Templates()) {
-      templates.push_back({{"path", t.path},
-                           {"generation", t.generation},
-                           {"size_bytes", t.size},
-                           {"cached_bytes", t.cached_bytes},
-                           {"open_handles", t.open_handles}});
-    }
-    for (const auto& d : fs.Desktops()) {
-      desktops.push_back({{"path", d.path},
-                          {"host_only", d.local_only},
-                          {"size_bytes", d.size},
-                          {"overlay_ram_bytes", d.overlay_ram_bytes},
-                          {"overlay_disk_bytes", d.overlay_disk_bytes},
-                          {"open_handles", d.open_handles}});
+    for (const Datastore& ds : datastores) {
+      for (const auto& t : ds.fs->Templates()) {
+        templates.push_back({{"datastore", ds.config.name},
+                             {"path", t.path},
+                             {"generation", t.generation},
+                             {"size_bytes", t.size},
+                             {"cached_bytes", t.cached_bytes},
+                             {"open_handles", t.open_handles}});
+      }
+      for (const auto& d : ds.fs->Desktops()) {
+        desktops.push_back({{"datastore", ds.config.name},
+                            {"path", d.path},
+                            {"host_only", d.local_only},
+                            {"size_bytes", d.size},
+                            {"overlay_ram_bytes", d.overlay_ram_bytes},
+                            {"overlay_disk_bytes", d.overlay_disk_bytes},
+                            {"open_handles", d.open_handles}});
+      }
     }
     return {{"templates", templates}, {"desktops", desktops}};
   }
@@ -124,7 +130,8 @@ struct Agent {
   }
 
   // Reads a template through the cache so the next boot storm finds it there.
-  Result<nlohmann::json> Warm(const std::string& path, uint64_t rate, const Progress& progress) {
+  Result<nlohmann::json> Warm(DatastoreFs& fs, const std::string& path, uint64_t rate,
+                              const Progress& progress) {
     auto file = fs.Open(path, O_RDONLY);
     if (!file.ok()) return file.status();
     auto st = (*file)->Stat();
@@ -144,8 +151,9 @@ struct Agent {
       if (*n == 0) break;
       done += *n;
       if (rate > 0) {  // hold the average at `rate` bytes per second
-        auto due = start + std::chrono::duration<double>(static_cast<double>(done) / rate);
-        std::this_thread::sleep_until(due);
+        std::this_thread::sleep_until(
+            start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                        std::chrono::duration<double>(static_cast<double>(done) / rate)));
       }
       auto now = std::chrono::steady_clock::now();
       if (now - last_report > std::chrono::milliseconds(200) || done == size) {
@@ -165,9 +173,6 @@ struct Agent {
          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
   }
 
-  // The cache's name for a datastore path (GenerationKey::path).
-  std::string CacheKeyPath(const std::string& path) const { return name + ":" + path; }
-
   Result<nlohmann::json> Handle(const nlohmann::json& req, const Progress& progress) {
     const std::string command = req.value("command", "");
     if (command == "status") return Status();
@@ -182,165 +187,201 @@ struct Agent {
                             {"checked_bytes", report->bytes},
                             {"bad_chunks_dropped", report->bad}};
     }
-    auto path = DatastorePath(req.value("path", ""));
-    if (!path.ok()) return path.status();
+    auto target = Resolve(req.value("path", ""));
+    if (!target.ok()) return target.status();
+    auto& [ds, path] = *target;
+    const std::string cache_path = ds->identity + ":" + path;  // GenerationKey::path
     if (command == "reset") {
-      GC_RETURN_IF_ERROR(fs.Reset(*path, req.value("force", false)));
-      return nlohmann::json{{"path", *path}, {"reset", true}};
+      GC_RETURN_IF_ERROR(ds->fs->Reset(path, req.value("force", false)));
+      return nlohmann::json{{"path", path}, {"reset", true}};
     }
     if (command == "warm") {
-      auto warmed = Warm(*path, req.value("rate_bytes_per_second", uint64_t{0}), progress);
+      auto warmed = Warm(*ds->fs, path, req.value("rate_bytes_per_second", uint64_t{0}), progress);
       if (!warmed.ok() || !req.value("pin", false)) return warmed;
       // The open in Warm bound the file's current generation: the newest one.
-      auto gens = cache.GenerationsOf(CacheKeyPath(*path));
-      if (gens.empty()) return goldcache::Status::Error(Code::kNotFound, *path + ": not cached");
+      auto gens = cache.GenerationsOf(cache_path);
+      if (gens.empty()) return goldcache::Status::Error(Code::kNotFound, path + ": not cached");
       GC_RETURN_IF_ERROR(cache.Pin(gens.back(), true));
       (*warmed)["pinned_generation"] = gens.back();
       return warmed;
     }
     if (command == "evict") {
       uint64_t bytes = 0;
-      auto gens = cache.GenerationsOf(CacheKeyPath(*path));
+      auto gens = cache.GenerationsOf(cache_path);
       for (auto gen : gens) bytes += cache.Evict(gen);
-      return nlohmann::json{
-          {"path", *path}, {"generations", gens.size()}, {"evicted_bytes", bytes}};
+      return nlohmann::json{{"path", path}, {"generations", gens.size()}, {"evicted_bytes", bytes}};
     }
     return goldcache::Status::Error(Code::kNotSupported, "unknown command '" + command + "'");
   }
 };
 
-int Serve(const Flags& flags) {
-  auto cache_size = ParseSize(flags.cache_size);
-  if (!cache_size.ok()) return Fail("--cache-size: " + cache_size.status().message());
-  auto chunk_size = ParseSize(flags.chunk_size);
-  if (!chunk_size.ok()) return Fail("--chunk-size: " + chunk_size.status().message());
-  if (*chunk_size > (64u << 20)) return Fail("--chunk-size: at most 64MiB");
-  auto overlay_ram = ParseSize(flags.overlay_ram);
-  if (!overlay_ram.ok()) return Fail("--overlay-ram: " + overlay_ram.status().message());
-  auto overlay_ram_host = ParseSize(flags.overlay_ram_host);
-  if (!overlay_ram_host.ok()) {
-    return Fail("--overlay-ram-host: " + overlay_ram_host.status().message());
-  }
-  auto rules = RuleSet::Create(flags.rules);
-  if (!rules.ok()) return Fail(rules.status().message());
-
-  auto timeout = ParseDuration(flags.datastore_timeout);
-  if (!timeout.ok()) return Fail("--datastore-timeout: " + timeout.status().message());
-
-  metrics::Registry registry;
-  // The datastore's identity in generation keys: its URL, or its absolute
-  // path, so a restart over the same datastore finds its cached chunks again.
-  std::string name;
-  Result<std::unique_ptr<backing::Backing>> opened = Status::Error(Code::kNotFound, "");
-  if (backing::IsNfsUrl(flags.datastore)) {
-    name = flags.datastore;
+Result<std::unique_ptr<backing::Backing>> OpenDatastore(const DatastoreConfig& ds,
+                                                        std::string& identity) {
+  if (backing::IsNfsUrl(ds.source)) {
+    identity = ds.source;
     backing::NfsOptions nfs;
-    nfs.timeout = *timeout;
-    nfs.connections = std::max(1u, flags.datastore_connections);
-    opened = backing::OpenNfsBacking(flags.datastore, nfs);
-  } else {
-    std::error_code ec;
-    name = std::filesystem::absolute(flags.datastore, ec).lexically_normal().string();
-    if (name.size() > 1 && name.back() == '/') name.pop_back();
-    opened = backing::OpenPosixBacking(flags.datastore);
+    nfs.timeout = ds.timeout;
+    nfs.connections = std::max(1u, ds.connections);
+    return backing::OpenNfsBacking(ds.source, nfs);
   }
-  if (!opened.ok()) return Fail("--datastore: " + opened.status().message());
-  auto datastore = backing::MakeMeteredBacking(std::move(opened).value(), registry);
+  std::error_code ec;
+  identity = std::filesystem::absolute(ds.source, ec).lexically_normal().string();
+  if (identity.size() > 1 && identity.back() == '/') identity.pop_back();
+  return backing::OpenPosixBacking(ds.source);
+}
 
+int Serve(const AgentConfig& config) {
+  metrics::Registry registry;
   cache::CacheOptions cache_options;
-  cache_options.dir = flags.cache_dir;
-  cache_options.capacity_bytes = *cache_size;
-  cache_options.chunk_size = static_cast<uint32_t>(*chunk_size);
+  cache_options.dir = config.cache.dir;
+  cache_options.capacity_bytes = config.cache.size;
+  cache_options.chunk_size = static_cast<uint32_t>(config.cache.chunk_size);
   cache_options.registry = &registry;
   auto cache = cache::ChunkCache::Open(cache_options);
-  if (!cache.ok()) return Fail("--cache-dir: " + cache.status().message());
+  if (!cache.ok()) return Fail(config.Where("cache.dir") + ": " + cache.status().message());
 
   // One local budget for the read cache and the overlays' disk tier.
-  LocalSpace space(*cache_size, **cache);
+  LocalSpace space(config.cache.size, **cache);
   overlay::OverlayOptions overlay_options;
-  overlay_options.dir = flags.cache_dir + "/overlay";
-  overlay_options.ram_per_desktop = *overlay_ram;
-  overlay_options.ram_host_cap = *overlay_ram_host;
+  overlay_options.dir = config.cache.dir + "/overlay";
+  overlay_options.ram_per_desktop = config.overlay.ram_per_desktop;
+  overlay_options.ram_host_cap = config.overlay.ram_host;
   overlay_options.disk_space = &space;
   overlay_options.registry = &registry;
   auto overlays = overlay::OverlayStore::Open(overlay_options);
-  if (!overlays.ok()) return Fail("--cache-dir: " + overlays.status().message());
+  if (!overlays.ok()) return Fail(config.Where("cache.dir") + ": " + overlays.status().message());
 
-  auto reset = flags.reset == "manual" ? DatastoreFs::ResetPolicy::kManual
-                                       : DatastoreFs::ResetPolicy::kOnLastClose;
-  DatastoreFs fs(name, *datastore, std::move(rules).value(), **cache, **overlays, reset, registry);
-  Agent agent{flags, name, **cache, **overlays, fs, registry};
+  std::vector<Datastore> datastores;
+  datastores.reserve(config.datastores.size());
+  auto reset = config.overlay.reset == OverlayReset::kManual
+                   ? DatastoreFs::ResetPolicy::kManual
+                   : DatastoreFs::ResetPolicy::kOnLastClose;
+  for (const DatastoreConfig& dc : config.datastores) {
+    Datastore ds{dc, "", nullptr, nullptr, nullptr};
+    auto opened = OpenDatastore(dc, ds.identity);
+    if (!opened.ok()) return Fail(dc.Where("source") + ": " + opened.status().message());
+    ds.backing =
+        backing::MakeMeteredBacking(std::move(opened).value(), registry, {{"datastore", dc.name}});
+    auto rules = RuleSet::Create(dc.rules);
+    if (!rules.ok()) return Fail(dc.Where("rule") + ": " + rules.status().message());
+    ds.fs = std::make_unique<DatastoreFs>(ds.identity, *ds.backing, std::move(rules).value(),
+                                          **cache, **overlays, reset, registry);
+    datastores.push_back(std::move(ds));
+  }
+  Agent agent{config, **cache, **overlays, datastores, registry};
 
   auto stats = StatsServer::Start(
-      flags.stats_listen, registry, [&] { return agent.Stats(); }, flags.stats_allow_non_loopback);
-  if (!stats.ok()) return Fail("--stats-listen: " + stats.status().message());
+      config.stats.listen, registry, [&] { return agent.Stats(); },
+      config.stats.allow_non_loopback);
+  if (!stats.ok()) return Fail(config.Where("stats.listen") + ": " + stats.status().message());
 
   ControlOptions control_options;
-  control_options.socket_path = flags.control_socket;
+  control_options.socket_path = config.control.socket;
+  auto group = ResolveControlGroup(config);
+  if (!group.ok()) return Fail(config.Where("control.group") + ": " + group.status().message());
+  control_options.group = *group;
   auto control = ControlServer::Start(control_options,
                                       [&](const nlohmann::json& req, const Progress& progress) {
                                         return agent.Handle(req, progress);
                                       });
-  if (!control.ok()) return Fail("--control-socket: " + control.status().message());
+  if (!control.ok())
+    return Fail(config.Where("control.socket") + ": " + control.status().message());
 
-  fuse::MountOptions mount_options;
-  mount_options.mountpoint = flags.mountpoint;
-  mount_options.fsname = "goldcache:" + name;
-  auto mount = fuse::Mount::Create(fs, mount_options);
-  if (!mount.ok()) return Fail("--mountpoint: " + mount.status().message());
+  for (Datastore& ds : datastores) {
+    std::error_code ec;
+    // /run/goldcache is empty after a boot: make the mountpoint.
+    std::filesystem::create_directories(ds.config.mountpoint, ec);
+    fuse::MountOptions mount_options;
+    mount_options.mountpoint = ds.config.mountpoint;
+    mount_options.fsname = "goldcache:" + ds.identity;
+    auto mount = fuse::Mount::Create(*ds.fs, mount_options);
+    if (!mount.ok()) {
+      return Fail(ds.config.Where("mountpoint") + ": " + mount.status().message());
+    }
+    ds.mount = std::move(mount).value();
+    spdlog::info("serving {} ({}) at {}", ds.config.name, ds.identity, ds.config.mountpoint);
+  }
+  spdlog::info("cache {}: {} of {}; statistics on http://{}/metrics", config.cache.dir,
+               FormatBytes((*cache)->used_bytes()), FormatBytes((*cache)->capacity_bytes()),
+               config.stats.listen);
+  sd_notifyf(0, "READY=1\nSTATUS=serving %zu datastore(s)", datastores.size());
 
-  spdlog::info("serving {} at {} (cache {}, {} of {}), statistics on http://{}/metrics", name,
-               flags.mountpoint, flags.cache_dir, FormatBytes((*cache)->used_bytes()),
-               FormatBytes((*cache)->capacity_bytes()), flags.stats_listen);
-  sd_notifyf(0, "READY=1\nSTATUS=serving %s at %s", name.c_str(), flags.mountpoint.c_str());
-  goldcache::Status st = (*mount)->Run();
+  // Each mount serves on its own loop; when one stops (a signal stops them
+  // all, an external unmount stops one), the agent stops the rest.
+  std::vector<goldcache::Status> results(datastores.size());
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  size_t running = datastores.size();
+  std::vector<std::thread> loops;
+  for (size_t i = 0; i < datastores.size(); ++i) {
+    loops.emplace_back([&, i] {
+      results[i] = datastores[i].mount->Run();
+      std::lock_guard lock(done_mu);
+      --running;
+      done_cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock lock(done_mu);
+    done_cv.wait(lock, [&] { return running < datastores.size(); });
+  }
   sd_notify(0, "STOPPING=1\nSTATUS=stopping");
-  mount->reset();
+  for (Datastore& ds : datastores) ds.mount->Exit();
+  for (auto& t : loops) t.join();
+  for (Datastore& ds : datastores) ds.mount.reset();
   control->reset();
   stats->reset();
   goldcache::Status flushed = (*cache)->FlushIndex();
   if (!flushed.ok()) spdlog::error("flushing the cache index: {}", flushed.ToString());
-  if (!st.ok()) return Fail("serving stopped: " + st.ToString());
-  spdlog::info("stopped cleanly");
-  return 0;
+  int rc = 0;
+  for (size_t i = 0; i < datastores.size(); ++i) {
+    if (!results[i].ok()) {
+      spdlog::critical("{}: serving stopped: {}", datastores[i].config.name, results[i].ToString());
+      rc = 1;
+    }
+  }
+  if (rc == 0) spdlog::info("stopped cleanly");
+  return rc;
 }
 
 }  // namespace
 }  // namespace goldcache::agent
 
 int main(int argc, char** argv) {
-  using goldcache::agent::Flags;
+  using goldcache::agent::FlagOverrides;
   using goldcache::agent::Role;
-  Flags flags;
+  FlagOverrides flags;
+  std::string config_file;
+  bool check_config = false;
   CLI::App app{
       "goldcached: the goldcache per-host agent.\n"
-      "Mounts a FUSE view of a VM datastore. Reads of template files are served from a\n"
+      "Mounts a FUSE view of VM datastores. Reads of template files are served from a\n"
       "host-local chunk cache, so N desktops booting from one golden image cost the\n"
       "datastore one read per chunk. Nonpersistent desktops' writes stay on this host\n"
       "(RAM, spilling to the cache dir) and never reach the datastore.\n"
-      "--cache-size is the local disk budget shared by the read cache and those writes;\n"
+      "The cache size is the local disk budget shared by the read cache and those writes;\n"
       "the writes come first. Runs in the foreground; stops cleanly on SIGTERM/SIGINT.\n"
+      "Configure with --config FILE (TOML, several datastores; see docs/operations.md)\n"
+      "or with the flags below for one datastore; flags override the file.\n"
       "Roles: the first matching --template/--nonpersistent glob wins (in the order given);\n"
       "other paths pass through. '*' matches within a path component, '**' any depth."};
   app.set_version_flag("--version", std::string("goldcached ") + GOLDCACHE_VERSION);
-  app.add_option("--datastore", flags.datastore,
-                 "The datastore: a directory (e.g. a kernel NFS mount) or an NFSv3 URL, "
-                 "nfs://HOST/EXPORT[/DIR][?nfsport=N&mountport=N&version=3]")
-      ->required();
-  app.add_option("--datastore-timeout", flags.datastore_timeout,
-                 "nfs://: how long one datastore request may take before the read fails with "
-                 "EIO (cached data keeps being served meanwhile); e.g. 30s")
-      ->capture_default_str();
-  app.add_option("--datastore-connections", flags.datastore_connections,
-                 "nfs://: connections to the filer (requests in flight)")
-      ->capture_default_str();
-  app.add_option("--mountpoint", flags.mountpoint, "Where to mount the goldcache view")->required();
-  app.add_option("--cache-dir", flags.cache_dir, "Host-local cache directory (on SSD)")->required();
-  app.add_option("--cache-size", flags.cache_size, "Read cache capacity, e.g. 200GiB")
-      ->capture_default_str();
-  app.add_option("--chunk-size", flags.chunk_size,
-                 "Cache chunk size (multiple of 4KiB); changing it discards the cache")
-      ->capture_default_str();
+  app.add_option("--config", config_file, "TOML config file (e.g. /etc/goldcache/goldcache.toml)");
+  app.add_flag("--check-config", check_config,
+               "Validate the configuration (and the paths it names) and exit");
+  auto opt = [&](const char* name, std::optional<std::string>& into, const char* help) {
+    return app.add_option_function<std::string>(
+        name, [&into](const std::string& v) { into = v; }, help);
+  };
+  opt("--datastore", flags.datastore,
+      "The datastore: a directory (e.g. a kernel NFS mount) or an NFSv3 URL, "
+      "nfs://HOST/EXPORT[/DIR][?nfsport=N&mountport=N&version=3]");
+  opt("--mountpoint", flags.mountpoint, "Where to mount the goldcache view (created if missing)");
+  opt("--cache-dir", flags.cache_dir, "Host-local cache directory (on SSD)");
+  opt("--cache-size", flags.cache_size,
+      "Local disk budget for the read cache and desktops' spilled writes (default 10GiB)");
+  opt("--chunk-size", flags.chunk_size,
+      "Cache chunk size, a multiple of 4KiB (default 1MiB); changing it discards the cache");
   app.add_option_function<std::string>(
          "--template",
          [&](const std::string& g) {
@@ -354,31 +395,32 @@ int main(int argc, char** argv) {
          [&](const std::string& g) {
            flags.rules.push_back({g, Role::kNonpersistent});
          },
-         "Glob of non-persistent desktop disks; repeatable")
+         "Glob of non-persistent desktop disks: writes stay on this host; repeatable")
       ->trigger_on_parse()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  app.add_option("--overlay-ram", flags.overlay_ram,
-                 "RAM for one nonpersistent desktop's writes before they spill to local disk")
-      ->capture_default_str();
-  app.add_option("--overlay-ram-host", flags.overlay_ram_host,
-                 "RAM for all nonpersistent desktops' writes together")
-      ->capture_default_str();
-  app.add_option("--reset", flags.reset,
-                 "When a nonpersistent desktop's writes are discarded: on-last-close (when the "
-                 "VM shuts down) or manual (goldcache reset PATH)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"on-last-close", "manual"}));
-  app.add_option("--control-socket", flags.control_socket,
-                 "Unix socket of the goldcache CLI (root only)")
-      ->capture_default_str();
-  app.add_option("--stats-listen", flags.stats_listen,
-                 "HOST:PORT of the statistics endpoint (/metrics, /stats, /healthz)")
-      ->capture_default_str();
-  app.add_flag("--stats-allow-non-loopback", flags.stats_allow_non_loopback,
-               "Allow --stats-listen on an address other than loopback");
-  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  opt("--overlay-ram", flags.overlay_ram,
+      "RAM for one nonpersistent desktop's writes before they spill to local disk "
+      "(default 256MiB)");
+  opt("--overlay-ram-host", flags.overlay_ram_host,
+      "RAM for all nonpersistent desktops' writes together (default 4GiB)");
+  opt("--reset", flags.reset,
+      "When a nonpersistent desktop's writes are discarded: on-last-close (default: when the "
+      "VM shuts down) or manual (goldcache reset PATH)");
+  opt("--datastore-timeout", flags.datastore_timeout,
+      "nfs://: how long one datastore request may take before it fails with EIO (cached data "
+      "keeps being served); default 30s");
+  opt("--datastore-connections", flags.datastore_connections,
+      "nfs://: connections to the filer, i.e. requests in flight (default 4)");
+  opt("--stats-listen", flags.stats_listen,
+      "HOST:PORT of the statistics endpoint: /metrics, /stats, /healthz (default "
+      "127.0.0.1:9477)");
+  app.add_flag_callback(
+      "--stats-allow-non-loopback", [&] { flags.stats_allow_non_loopback = true; },
+      "Allow --stats-listen on an address other than loopback");
+  opt("--control-socket", flags.control_socket,
+      "Unix socket of the goldcache CLI (default /run/goldcache/goldcached.sock)");
+  opt("--control-group", flags.control_group, "Group that may use the control socket besides root");
+  opt("--log-level", flags.log_level, "trace, debug, info, warn or error (default info)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -386,7 +428,29 @@ int main(int argc, char** argv) {
   }
   auto logger = spdlog::stderr_color_mt("goldcached");
   spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::from_str(flags.log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  return goldcache::agent::Serve(flags);
+
+  goldcache::Result<goldcache::agent::AgentConfig> config =
+      config_file.empty() ? goldcache::agent::ConfigFromFlags(flags)
+                          : goldcache::agent::LoadConfig(config_file);
+  if (config.ok() && !config_file.empty()) {
+    goldcache::Status st = goldcache::agent::ApplyFlags(*config, flags);
+    if (!st.ok()) config = st;
+  }
+  if (!config.ok()) {
+    std::cerr << "goldcached: " << config.status().message() << "\n";
+    return 2;
+  }
+  spdlog::set_level(spdlog::level::from_str(config->logging.level));
+  if (check_config) {
+    goldcache::Status st = goldcache::agent::CheckConfigOnHost(*config);
+    if (!st.ok()) {
+      std::cerr << "goldcached: " << st.message() << "\n";
+      return 1;
+    }
+    std::cout << "goldcached: configuration OK (" << config->datastores.size()
+              << " datastore(s))\n";
+    return 0;
+  }
+  return goldcache::agent::Serve(*config);
 }
