@@ -275,8 +275,20 @@ class Agent:
                  nonpersistent: Iterable[str] = ("pool/**",), cache_size: Optional[str] = None,
                  chunk_size: Optional[str] = None, log_level: str = "info",
                  extra_args: Iterable[str] = (), binary: Optional[str] = None,
-                 mountpoint: Optional[str] = None, cache_dir: Optional[str] = None):
+                 mountpoint: Optional[str] = None, cache_dir: Optional[str] = None,
+                 datastore: Optional[str] = None, stats_host: str = "127.0.0.1",
+                 config: Optional[str] = None, port: int = 0):
         self.ws = ws
+        # --stats-listen STATS_HOST:PORT; the tests still connect via 127.0.0.1.
+        self.stats_host = stats_host
+        # config: run `goldcached --config CONFIG EXTRA_ARGS...` instead of the
+        # flags below; the file must name this agent's mountpoint, cache dir,
+        # control socket and `port` (which start() then uses as it is).
+        self.config = config
+        self.fixed_port = port
+        # --datastore: the workspace's datastore/ directory, or any source the
+        # agent accepts (an nfs:// URL of a GaneshaRig, say).
+        self.datastore = datastore or ws.datastore
         self.binary = binary or default_binary()
         self.templates = list(templates)
         self.nonpersistent = list(nonpersistent)
@@ -297,8 +309,10 @@ class Agent:
     # -- lifecycle --
 
     def argv(self) -> list[str]:
-        args = [self.binary, "--datastore", self.ws.datastore, "--mountpoint", self.mountpoint,
-                "--cache-dir", self.cache_dir, "--stats-listen", f"127.0.0.1:{self.port}",
+        if self.config:
+            return [self.binary, "--config", self.config] + self.extra_args
+        args = [self.binary, "--datastore", self.datastore, "--mountpoint", self.mountpoint,
+                "--cache-dir", self.cache_dir, "--stats-listen", f"{self.stats_host}:{self.port}",
                 "--log-level", self.log_level, "--control-socket", self.control_socket]
         if self.cache_size:
             args += ["--cache-size", self.cache_size]
@@ -338,7 +352,7 @@ class Agent:
         if not os.access(self.binary, os.X_OK):
             raise AgentError(f"goldcached binary not found or not executable: {self.binary}")
         self.starts += 1
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         self.log_path = os.path.join(self.ws.root, f"agent.{self.starts}.log")
         sock_path = os.path.join(self.ws.root, f"notify.{self.starts}.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -457,6 +471,29 @@ class Agent:
             return "(no agent log)"
         return f"--- last {min(lines, len(data))} lines of {self.log_path} ---\n" + "\n".join(
             data[-lines:])
+
+
+def run_to_exit(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """Runs a goldcached (or any command) expected to exit by itself, e.g. one
+    refusing a bad setting, and returns its exit code and output (stderr merged
+    into stdout). If it is still running after `timeout` seconds it is
+    SIGTERMed (it may have mounted something: the caller's workspace cleanup
+    unmounts it) and AssertionError reports what it printed."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+                            preexec_fn=_die_with_parent, close_fds=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        raise AssertionError(f"{' '.join(argv)} was still running after {timeout:.0f} s "
+                             f"(expected it to exit); its output:\n{out}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
 
 
 # ---------------------------------------------------------------------------
@@ -642,6 +679,43 @@ NO_DATASTORE_WRITES = {
     "goldcache_datastore_write_ops_total": 0,
     "goldcache_datastore_metadata_ops_total{access=write}": 0,
 }
+
+
+# ---------------------------------------------------------------------------
+# Reading an NFS datastore directly (libnfs-utils), beside the agent
+
+
+def nfs_cat(url: str, timeout: float = 120.0) -> bytes:
+    """The file at a libnfs URL (nfsrig.GaneshaRig.url(path)), read over NFS
+    with `nfs-cat`, bypassing goldcache. Raises AssertionError if it fails."""
+    r = subprocess.run(["nfs-cat", url], stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"nfs-cat {url} exited {r.returncode}: "
+                             f"{r.stderr.decode('utf-8', 'replace').strip()}")
+    return r.stdout
+
+
+def nfs_ls(url: str, timeout: float = 60.0) -> dict:
+    """`nfs-ls` of a directory URL: {name: (mode string, size)}, without . and .."""
+    r = subprocess.run(["nfs-ls", url], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"nfs-ls {url} exited {r.returncode}: {r.stderr.strip()}")
+    out = {}
+    for line in r.stdout.splitlines():
+        # "-rw-r--r--  1     0     0            3 f.txt": mode nlink uid gid size name
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5] not in (".", ".."):
+            out[fields[5]] = (fields[0], int(fields[4]))
+    return out
+
+
+def proc_io(pid: int) -> dict:
+    """/proc/PID/io as ints: rchar is every byte the process got from read-type
+    syscalls (files, and pipes/sockets read with read()), cached or not."""
+    with open(f"/proc/{pid}/io", encoding="ascii") as f:
+        return {k: int(v) for k, v in (line.split(":") for line in f if ":" in line)}
 
 
 # ---------------------------------------------------------------------------
