@@ -35,12 +35,12 @@ class Fd {
   int fd_;
 };
 
-// "run as root or as a member of the goldcache group", naming the group the
-// socket file actually belongs to.
+// "run as root or as a member of the X group", naming the group the socket
+// file actually belongs to, when one is allowed at all.
 std::string WhoMayUse(const std::string& socket_path) {
   struct stat st;
-  if (stat(socket_path.c_str(), &st) != 0 || st.st_gid == 0) {
-    return "run as root or as a member of the goldcache group";
+  if (stat(socket_path.c_str(), &st) != 0 || st.st_gid == 0 || !(st.st_mode & S_IWGRP)) {
+    return "run as root (no group is allowed on this socket: see [control] group)";
   }
   std::vector<char> buf(4096);
   group grp;

@@ -164,8 +164,12 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
 class DatastoreFs::CachedFile : public fuse::OpenFile {
  public:
   CachedFile(DatastoreFs& fs, std::string path, std::unique_ptr<GenerationSource> source,
-             bool keep_cache)
-      : fs_(fs), path_(std::move(path)), source_(std::move(source)), keep_cache_(keep_cache) {}
+             bool keep_cache, std::shared_ptr<ReadCounts> reads)
+      : fs_(fs),
+        path_(std::move(path)),
+        source_(std::move(source)),
+        keep_cache_(keep_cache),
+        reads_(std::move(reads)) {}
 
   Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
     auto start = std::chrono::steady_clock::now();
@@ -175,6 +179,8 @@ class DatastoreFs::CachedFile : public fuse::OpenFile {
     c.read_datastore.Add(r->from_datastore);
     c.read_cache.Add(r->bytes - r->from_datastore);
     (r->from_datastore ? c.latency_datastore : c.latency_cache).Observe(SecondsSince(start));
+    reads_->bytes.fetch_add(r->bytes, std::memory_order_relaxed);
+    reads_->from_datastore.fetch_add(r->from_datastore, std::memory_order_relaxed);
     return r->bytes;
   }
   Result<size_t> Write(uint64_t, std::span<const char>) override { return ReadOnly(); }
@@ -192,6 +198,7 @@ class DatastoreFs::CachedFile : public fuse::OpenFile {
   const std::string path_;
   const std::unique_ptr<GenerationSource> source_;
   const bool keep_cache_;
+  const std::shared_ptr<ReadCounts> reads_;
 };
 
 // A nonpersistent file: one overlay, shared by every open handle of the path.
@@ -487,6 +494,7 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
   if (!source.ok()) return source.status();
   const index::GenerationId gen = (*source)->generation();
   bool keep_cache = true;
+  std::shared_ptr<ReadCounts> reads;
   {
     std::lock_guard lock(mu_);
     PathState& ps = paths_[path];
@@ -504,9 +512,10 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
     ps.current = gen;
     ps.size = (*source)->size();
     ++ps.open_handles[gen];
+    reads = ps.reads;
   }
   return std::unique_ptr<fuse::OpenFile>(
-      new CachedFile(*this, path, std::move(source).value(), keep_cache));
+      new CachedFile(*this, path, std::move(source).value(), keep_cache, std::move(reads)));
 }
 
 void DatastoreFs::OnCachedFileClosed(const std::string& path, index::GenerationId gen) {
@@ -646,7 +655,8 @@ std::vector<DatastoreFs::TemplateInfo> DatastoreFs::Templates() const {
     for (const auto& [path, ps] : paths_) {
       int handles = 0;
       for (const auto& [gen, n] : ps.open_handles) handles += n;
-      out.push_back(TemplateInfo{path, ps.current, ps.size, 0, handles});
+      out.push_back(TemplateInfo{path, ps.current, ps.size, 0, handles, ps.reads->bytes.load(),
+                                 ps.reads->from_datastore.load()});
     }
   }
   for (TemplateInfo& t : out) t.cached_bytes = cache_.cached_bytes_of(t.generation);

@@ -40,6 +40,7 @@
 // Thread safety: safe for concurrent use, as fuse::FileSystem requires.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -104,8 +105,10 @@ class DatastoreFs : public fuse::FileSystem {
     std::string path;
     index::GenerationId generation;  // of the latest open
     uint64_t size;
-    uint64_t cached_bytes;  // of that generation, in the local cache
-    int open_handles;       // all generations
+    uint64_t cached_bytes;               // of that generation, in the local cache
+    int open_handles;                    // all generations
+    uint64_t read_bytes;                 // read through the mount since the agent started
+    uint64_t read_bytes_from_datastore;  // of which the datastore had to serve
   };
   // Templates opened since the agent started.
   std::vector<TemplateInfo> Templates() const;
@@ -118,9 +121,15 @@ class DatastoreFs : public fuse::FileSystem {
   class PassthroughFile;
   class DesktopFile;
   struct Desktop;
+  // Bytes read from one template, updated by its handles without a lock.
+  struct ReadCounts {
+    std::atomic<uint64_t> bytes{0};
+    std::atomic<uint64_t> from_datastore{0};
+  };
   struct PathState {
     index::GenerationId current = 0;  // generation of the latest open
     uint64_t size = 0;                // of that generation
+    std::shared_ptr<ReadCounts> reads = std::make_shared<ReadCounts>();
     std::unordered_map<index::GenerationId, int> open_handles;
   };
 

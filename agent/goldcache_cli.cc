@@ -274,6 +274,9 @@ class ProgressDisplay {
     }
     done_ = done->get<uint64_t>();
     total_ = total->get<uint64_t>();
+    if (auto unit = message.find("unit"); unit != message.end() && unit->is_string()) {
+      unit_ = unit->get<std::string>();  // e.g. "chunks": counts, not bytes
+    }
     Clock::time_point now = Clock::now();
     samples_.push_back({now, done_});
     // The rate over the last few seconds follows a datastore that slows
@@ -291,8 +294,8 @@ class ProgressDisplay {
       int decile = static_cast<int>(Percent() / 10);
       if (decile > last_decile_) {
         last_decile_ = decile;
-        std::cerr << label_ << ": " << static_cast<int>(decile * 10) << " % (" << FormatBytes(done_)
-                  << " of " << FormatBytes(total_) << Speed(", ") << ")" << std::endl;
+        std::cerr << label_ << ": " << static_cast<int>(decile * 10) << " % (" << Amount(done_)
+                  << " of " << Amount(total_) << Speed(", ") << ")" << std::endl;
       }
     }
   }
@@ -312,6 +315,10 @@ class ProgressDisplay {
     uint64_t done;
   };
 
+  std::string Amount(uint64_t n) const {
+    return unit_.empty() ? FormatBytes(n) : std::to_string(n) + " " + unit_;
+  }
+
   double Percent() const {
     if (total_ == 0) return 100;
     return std::min(100.0, 100.0 * static_cast<double>(done_) / static_cast<double>(total_));
@@ -329,7 +336,7 @@ class ProgressDisplay {
   std::string Speed(const std::string& sep) const {
     std::optional<double> rate = Rate();
     if (!rate) return "";
-    std::string out = sep + FormatBytes(static_cast<uint64_t>(*rate)) + "/s";
+    std::string out = sep + Amount(static_cast<uint64_t>(*rate)) + "/s";
     if (*rate > 0 && done_ < total_) {
       out += sep + "ETA " + FormatDuration(static_cast<double>(total_ - done_) / *rate);
     }
@@ -343,8 +350,8 @@ class ProgressDisplay {
   void Draw() {
     char pct[16];
     std::snprintf(pct, sizeof(pct), "%5.1f %%", Percent());
-    std::string tail = std::string(" ") + pct + "  " + FormatBytes(done_) + " / " +
-                       FormatBytes(total_) + Speed("  ");
+    std::string tail =
+        std::string(" ") + pct + "  " + Amount(done_) + " / " + Amount(total_) + Speed("  ");
     // A fixed width (room for the longest tail) keeps the bar from jumping
     // as the numbers change length.
     int room = TerminalColumns() - static_cast<int>(label_.size()) - 64;
@@ -358,6 +365,7 @@ class ProgressDisplay {
 
   const std::string label_;
   const bool tty_;
+  std::string unit_;  // empty: bytes
   uint64_t done_ = 0;
   uint64_t total_ = 0;
   std::deque<Sample> samples_;
@@ -473,6 +481,8 @@ int Main(int argc, char** argv) {
   if (as_json) {
     std::cout << result->dump(2, ' ', false, json::error_handler_t::replace) << "\n";
   } else {
+    // Every raw metric is for --json and Prometheus; a person gets the summary.
+    if (command == "stats" && result->is_object()) result->erase("metrics");
     for (const std::string& line : Render(*result)) std::cout << line << "\n";
   }
   std::cout << std::flush;

@@ -102,12 +102,15 @@ struct Agent {
     nlohmann::json templates = nlohmann::json::array(), desktops = nlohmann::json::array();
     for (const Datastore& ds : datastores) {
       for (const auto& t : ds.fs->Templates()) {
-        templates.push_back({{"datastore", ds.config.name},
-                             {"path", t.path},
-                             {"generation", t.generation},
-                             {"size_bytes", t.size},
-                             {"cached_bytes", t.cached_bytes},
-                             {"open_handles", t.open_handles}});
+        templates.push_back(
+            {{"datastore", ds.config.name},
+             {"path", t.path},
+             {"generation", t.generation},
+             {"size_bytes", t.size},
+             {"cached_bytes", t.cached_bytes},
+             {"open_handles", t.open_handles},
+             {"read_bytes", t.read_bytes},
+             {"hit_ratio", Ratio(t.read_bytes - t.read_bytes_from_datastore, t.read_bytes)}});
       }
       for (const auto& d : ds.fs->Desktops()) {
         desktops.push_back({{"datastore", ds.config.name},
@@ -122,9 +125,44 @@ struct Agent {
     return {{"templates", templates}, {"desktops", desktops}};
   }
 
+  static double Ratio(uint64_t part, uint64_t whole) {
+    return whole == 0 ? 0.0 : static_cast<double>(part) / static_cast<double>(whole);
+  }
+  uint64_t Count(const std::string& name, const metrics::Labels& labels = {}) const {
+    return registry.GetCounter(name, "", labels).Value();
+  }
+
+  // The operator's summary: per datastore, cache, templates, desktops; and
+  // every metric, raw, under "metrics".
   nlohmann::json Stats() const {
     nlohmann::json j = Status();
     j.update(List());
+    const uint64_t served = Count("goldcache_read_bytes_total", {{"source", "cache"}}) +
+                            Count("goldcache_read_bytes_total", {{"source", "overlay"}}) +
+                            Count("goldcache_read_bytes_total", {{"source", "datastore"}});
+    uint64_t from_datastore = 0;
+    for (auto& ds : j["datastores"]) {
+      metrics::Labels l{{"datastore", ds["name"].get<std::string>()}};
+      uint64_t read = Count("goldcache_datastore_read_bytes_total", l);
+      from_datastore += read;
+      ds["read_ops"] = Count("goldcache_datastore_read_ops_total", l);
+      ds["read_bytes"] = read;
+      ds["write_bytes"] = Count("goldcache_datastore_write_bytes_total", l);
+      ds["errors"] = Count("goldcache_datastore_errors_total", l);
+      ds["up"] = registry.GetGauge("goldcache_datastore_up", "", l).Value() == 1;
+    }
+    const uint64_t hits = Count("goldcache_cache_hits_total");
+    const uint64_t misses = Count("goldcache_cache_misses_total");
+    j["cache"] = {{"used_bytes", cache.used_bytes()},
+                  {"capacity_bytes", cache.capacity_bytes()},
+                  {"hits", hits},
+                  {"misses", misses},
+                  {"hit_ratio", Ratio(hits, hits + misses)},
+                  {"evictions", Count("goldcache_cache_evictions_total")},
+                  {"checksum_failures", Count("goldcache_cache_checksum_failures_total")}};
+    // Offload: the share of what desktops read that the datastore did not serve.
+    j["read_bytes"] = served;
+    j["offload_ratio"] = served == 0 ? 0.0 : 1.0 - Ratio(std::min(from_datastore, served), served);
     j["metrics"] = registry.RenderJson();
     return j;
   }
@@ -439,7 +477,7 @@ int main(int argc, char** argv) {
   }
   if (!config.ok()) {
     std::cerr << "goldcached: " << config.status().message() << "\n";
-    return 2;
+    return config_file.empty() ? 2 : 1;  // 2: bad command line; 1: bad config file
   }
   spdlog::set_level(spdlog::level::from_str(config->logging.level));
   if (check_config) {

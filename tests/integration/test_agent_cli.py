@@ -98,10 +98,17 @@ def test_status_stats_and_list_show_templates_and_desktops(ws, make_template):
     desk = {x["path"]: x for x in listed["desktops"]}[DESKTOP]
     assert desk["overlay_ram_bytes"] + desk["overlay_disk_bytes"] == 256 * KiB
 
+    # A person gets the summary (per datastore, cache, templates, desktops,
+    # offload); every raw metric comes with --json.
     r = agent.cli("stats")
-    for want in (TEMPLATE, DESKTOP, "goldcache_cache_hits_total"):
+    for want in (TEMPLATE, DESKTOP, "hit_ratio", "offload_ratio", "checksum_failures",
+                 "evictions"):
         assert want in r.stdout, f"`stats` does not show {want}:\n{r.stdout[:2000]}"
+    assert "goldcache_cache_hits_total" not in r.stdout, "raw metrics belong to --json"
     stats = cli_json(agent, "stats")
+    assert "goldcache_cache_hits_total" in json.dumps(stats["metrics"])
+    assert stats["cache"]["misses"] == agent.metrics().value("goldcache_cache_misses_total")
+    assert 0.0 <= stats["offload_ratio"] <= 1.0
     assert {x["path"] for x in stats["templates"]} == {TEMPLATE}
     assert {x["path"] for x in stats["desktops"]} == {DESKTOP}
     assert "goldcache_datastore_read_bytes_total" in stats["metrics"]
