@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "agent/control_server.h"
+#include "agent/stats_server.h"
 #include "util/units.h"
 
 namespace goldcache::agent {
@@ -263,64 +264,8 @@ Result<std::string> DatastoreNameValue(std::string_view text) {
   return std::string(text);
 }
 
-struct ListenAddress {
-  std::string host;
-  int port = 0;
-};
-
-// "HOST:PORT" or "[IPV6]:PORT"; the syntax StatsServer::Start accepts.
-Result<ListenAddress> ListenValue(std::string_view text) {
-  auto bad = [&](std::string_view why) {
-    return Status::Error(Code::kInvalidArgument,
-                         Quote(text) + " is not HOST:PORT: " + std::string(why));
-  };
-  ListenAddress addr;
-  std::string_view port;
-  if (!text.empty() && text.front() == '[') {
-    size_t close = text.find(']');
-    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      return bad("expected [IPV6]:PORT");
-    }
-    addr.host = text.substr(1, close - 1);
-    port = text.substr(close + 2);
-  } else {
-    size_t colon = text.rfind(':');
-    if (colon == std::string_view::npos) return bad("no port (e.g. 127.0.0.1:9477)");
-    addr.host = text.substr(0, colon);
-    port = text.substr(colon + 1);
-    if (addr.host.find(':') != std::string::npos) {
-      return bad("write an IPv6 address in brackets, e.g. [::1]:9477");
-    }
-  }
-  if (addr.host.empty()) return bad("no host (e.g. 127.0.0.1:9477)");
-  if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) {
-        return std::isdigit(static_cast<unsigned char>(c));
-      })) {
-    return bad("the port is not a number");
-  }
-  addr.port = std::stoi(std::string(port));
-  if (addr.port > 65535) return bad("the port is above 65535");
-  return addr;
-}
-
-// Literal loopback addresses and "localhost", as StatsServer decides: any
-// other host name could resolve anywhere.
-bool IsLoopback(const std::string& host) {
-  std::string lower = host;
-  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower == "localhost") return true;
-  in_addr v4;
-  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
-  in6_addr v6;
-  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
-    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
-    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
-  }
-  return false;
-}
-
 Result<std::string> ListenStringValue(std::string_view text) {
-  auto a = ListenValue(text);
+  auto a = ParseListenAddress(std::string(text));
   if (!a.ok()) return a.status();
   return std::string(text);
 }
@@ -359,8 +304,8 @@ void CheckWhole(const AgentConfig& c, Problems& p) {
                                      c.Where("cache.chunk_size") + " is " +
                                      FormatBytes(c.cache.chunk_size) + ")");
   }
-  auto listen = ListenValue(c.stats.listen);
-  if (listen.ok() && !c.stats.allow_non_loopback && !IsLoopback(listen->host)) {
+  auto listen = ParseListenAddress(c.stats.listen);
+  if (listen.ok() && !c.stats.allow_non_loopback && !IsLoopbackHost(listen->host)) {
     p.Add(c.Where("stats.listen"),
           Quote(c.stats.listen) +
               " is not a loopback address; the endpoint has no authentication, so exposing it "

@@ -26,17 +26,13 @@ constexpr size_t kWorkerThreads = 2;
 constexpr time_t kKeepAliveSeconds = 2;
 constexpr time_t kIoTimeoutSeconds = 5;
 
-struct ListenAddress {
-  std::string host;
-  int port;
-};
-
 Status AddressError(const std::string& listen, const std::string& why) {
-  return Status::Error(Code::kInvalidArgument,
-                       "invalid stats listen address \"" + listen + "\": " + why);
+  return Status::Error(Code::kInvalidArgument, "\"" + listen + "\" is not HOST:PORT: " + why);
 }
 
-Result<ListenAddress> ParseListen(const std::string& listen) {
+}  // namespace
+
+Result<ListenAddress> ParseListenAddress(const std::string& listen) {
   ListenAddress addr;
   std::string port_text;
   if (!listen.empty() && listen.front() == '[') {
@@ -65,9 +61,7 @@ Result<ListenAddress> ParseListen(const std::string& listen) {
   return addr;
 }
 
-// Literal addresses only: a host name other than "localhost" could resolve
-// anywhere, so it counts as non-loopback.
-bool IsLoopback(const std::string& host) {
+bool IsLoopbackHost(const std::string& host) {
   if (host.size() == 9) {
     std::string lower = host;
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -82,6 +76,8 @@ bool IsLoopback(const std::string& host) {
   }
   return false;
 }
+
+namespace {
 
 // httplib's default also sets SO_REUSEPORT, which would let a second agent
 // bind the same port and silently split scrapes between the two.
@@ -110,9 +106,9 @@ Result<std::unique_ptr<StatsServer>> StatsServer::Start(const std::string& liste
                                                         metrics::Registry& registry,
                                                         std::function<nlohmann::json()> stats_json,
                                                         bool allow_non_loopback) {
-  Result<ListenAddress> addr = ParseListen(listen);
+  Result<ListenAddress> addr = ParseListenAddress(listen);
   if (!addr.ok()) return addr.status();
-  if (!allow_non_loopback && !IsLoopback(addr->host)) {
+  if (!allow_non_loopback && !IsLoopbackHost(addr->host)) {
     return Status::Error(
         Code::kInvalidArgument,
         "stats listen address \"" + listen +

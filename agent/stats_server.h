@@ -28,6 +28,16 @@ class Server;
 
 namespace goldcache::agent {
 
+struct ListenAddress {
+  std::string host;  // without brackets for IPv6
+  int port = 0;
+};
+// "HOST:PORT" or "[IPV6]:PORT"; kInvalidArgument saying what is wrong.
+Result<ListenAddress> ParseListenAddress(const std::string& listen);
+// Literal loopback addresses and "localhost": any other host name could
+// resolve anywhere, so it counts as non-loopback.
+bool IsLoopbackHost(const std::string& host);
+
 class StatsServer {
  public:
   // `listen` is "HOST:PORT" or "[IPV6]:PORT"; port 0 picks a free port (see
