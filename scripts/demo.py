@@ -1,14 +1,22 @@
 """goldcache demo: a boot storm of 8 desktops on one template, twice, then
-8 desktops (linked clones) reading and writing through the mount.
+8 desktops (linked clones) reading and writing through the mount, all over a
+real NFS datastore.
 
 Run through ./scripts/demo.sh (which builds first). Makes a demo datastore in
-/tmp/goldcache-test.XXXXXXXX, mounts goldcached over it, lets 8 readers read the
-256 MiB template through the mount at once (O_DIRECT, each in its own order),
-prints what the datastore had to serve, repeats the storm from a warm cache,
-then stops the agent and removes everything. Ctrl-C at any point cleans up too.
+/tmp/goldcache-test.XXXXXXXX and serves it over NFSv3 from a user-space
+nfs-ganesha bound to 127.0.0.1 on free ports (tests/integration/nfsrig.py; no
+kernel NFS here), mounts goldcached over its nfs:// URL, lets 8 readers read
+the 256 MiB template through the mount at once (O_DIRECT, each in its own
+order), prints what the NFS server had to serve, repeats the storm from a warm
+cache, then stops the agent and the NFS server and removes everything. Ctrl-C
+at any point cleans up too.
+
+GOLDCACHE_DEMO_DATASTORE=dir runs the same demo over the plain directory
+instead of NFS; GOLDCACHE_DEMO_MIB sets the template size (default 256).
 """
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -21,10 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "integration"))
 import gcrig  # noqa: E402
+import nfsrig  # noqa: E402
 from gcrig import KiB, MiB  # noqa: E402
 
 TEMPLATE = "templates/win11.img"
 SIZE = int(os.environ.get("GOLDCACHE_DEMO_MIB", "256")) * MiB
+DATASTORE = os.environ.get("GOLDCACHE_DEMO_DATASTORE", "nfs")  # nfs | dir
 DESKTOPS = [("sequential", MiB), ("reverse", MiB), ("random", MiB), ("strided7", MiB),
             ("middle_out", MiB), ("random2", 256 * KiB), ("odd_then_even", 64 * KiB),
             ("halves_swapped", MiB)]
@@ -61,7 +71,7 @@ def storm(path, data):
         ex.shutdown(wait=False, cancel_futures=True)
 
 
-def report(title, agent, before, seconds, bad):
+def report(title, agent, before, seconds, bad, rig=None, rchar0=None):
     m = agent.metrics()
     d = lambda name, **kw: m.value(name, 0.0, **kw) - before.value(name, 0.0, **kw)  # noqa: E731
     desk = len(DESKTOPS) * SIZE
@@ -78,10 +88,25 @@ def report(title, agent, before, seconds, bad):
         f"{human(m.value('goldcache_cache_used_bytes', 0.0))} of "
         f"{human(m.value('goldcache_cache_capacity_bytes', 0.0))}; "
         f"{'every byte matched the template' if not bad else f'{bad} BLOCKS DIFFERED'}")
+    if rig is not None:
+        say(f"{title}: the NFS server itself read {human(ganesha_rchar(rig) - rchar0)} "
+            f"(ganesha's /proc/{rig.ganesha.pid}/io rchar)")
     return m, bad
 
 
-def desktops_at_work(ws, agent):
+def ganesha_rchar(rig):
+    return gcrig.proc_io(rig.ganesha.pid)["rchar"]
+
+
+def datastore_sha256(ws, rig, rel):
+    """sha256 of a datastore file as the datastore has it: read over NFS
+    directly with nfs-cat (no goldcache) when there is an NFS server."""
+    if rig is None:
+        return gcrig.sha256_file(ws.ds(rel))
+    return hashlib.sha256(gcrig.nfs_cat(rig.url(rel))).hexdigest()
+
+
+def desktops_at_work(ws, agent, rig):
     """8 desktops (qcow2 linked clones of the template, provisioned on the
     datastore) boot through the mount: each reads from its template through the
     clone and writes its own data, with real QEMU IO (qemu-io, cache=none).
@@ -90,7 +115,7 @@ def desktops_at_work(ws, agent):
     for c in clones:  # provisioning, on the datastore itself (a few hundred KiB each)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                         "../" + TEMPLATE, os.path.basename(c)], cwd=ws.ds("pool"), check=True)
-    before_sha = {c: gcrig.sha256_file(ws.ds(c)) for c in clones}
+    before_sha = {c: datastore_sha256(ws, rig, c) for c in clones}
     before = agent.metrics()
     # The hypervisor holds each disk open while its VM runs.
     held = [os.open(ws.mnt(c), os.O_RDONLY) for c in clones]
@@ -98,9 +123,11 @@ def desktops_at_work(ws, agent):
         procs = []
         for i, c in enumerate(clones):
             pattern = 0x10 + i
-            cmds = ["read -q 0 32M",                                  # boot: template blocks
-                    f"write -q -P {pattern:#x} 64M 16M",               # the desktop's own writes
-                    f"read -q -P {pattern:#x} 64M 16M"]                # and they read back
+            # Within the template's size, whatever GOLDCACHE_DEMO_MIB says.
+            boot, at, size = min(32 * MiB, SIZE // 2), SIZE // 4, min(16 * MiB, SIZE // 4)
+            cmds = [f"read -q 0 {boot}",                               # boot: template blocks
+                    f"write -q -P {pattern:#x} {at} {size}",           # the desktop's own writes
+                    f"read -q -P {pattern:#x} {at} {size}"]            # and they read back
             argv = ["qemu-io", "-f", "qcow2", "-t", "none"]
             for cmd in cmds:
                 argv += ["-c", cmd]
@@ -108,7 +135,7 @@ def desktops_at_work(ws, agent):
         failed = [c for c, p in zip(clones, procs) if p.wait(600) != 0]
         m = agent.metrics()
         d = lambda name, **kw: m.value(name, 0.0, **kw) - before.value(name, 0.0, **kw)  # noqa
-        say(f"desktops: {len(clones)} linked clones booted (qemu-io -t none), each wrote 16 MiB; "
+        say(f"desktops: {len(clones)} linked clones booted (qemu-io -t none), each wrote {human(min(16 * MiB, SIZE // 4))}; "
             f"{'all verified' if not failed else 'FAILED: ' + ', '.join(failed)}")
         say(f"desktops: overlays hold {human(m.value('goldcache_overlay_bytes', 0.0, tier='ram'))}"
             f" in RAM, {human(m.value('goldcache_overlay_bytes', 0.0, tier='disk'))} on local "
@@ -119,9 +146,10 @@ def desktops_at_work(ws, agent):
             os.close(fd)
     # Last close = the VM shut down: its overlay is discarded.
     left = json.loads(agent.cli("list", "--json").stdout)["desktops"]
-    unchanged = all(gcrig.sha256_file(ws.ds(c)) == before_sha[c] for c in clones)
+    unchanged = all(datastore_sha256(ws, rig, c) == before_sha[c] for c in clones)
     say(f"desktops shut down: {len(left)} overlays left (all discarded on last close); "
-        f"clones on the datastore {'unchanged' if unchanged else 'CHANGED'}")
+        f"clones on the datastore {'unchanged' if unchanged else 'CHANGED'}"
+        + (" (sha256 read back over NFS with nfs-cat)" if rig is not None else ""))
     return not failed and unchanged
 
 
@@ -135,8 +163,12 @@ def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored
 
     gcrig.clear_stale(log=lambda s: say(s))
+    if DATASTORE not in ("nfs", "dir"):
+        say(f"GOLDCACHE_DEMO_DATASTORE={DATASTORE}: expected nfs (default) or dir")
+        return 2
     ws = gcrig.Workspace()
     agent = None
+    rig = None
     ok = False
     try:
         say(f"datastore {ws.datastore}: writing {TEMPLATE} ({human(SIZE)} of random data)")
@@ -145,10 +177,26 @@ def main():
         os.makedirs(ws.ds("pool"))
         gcrig.write_file(ws.ds("vms/notes.txt"), b"a passthrough file\n")
 
+        source = ws.datastore
+        if DATASTORE == "nfs":
+            # The filer: NFSv3 from a user-space nfs-ganesha on loopback, free ports.
+            rig = nfsrig.GaneshaRig(ws.datastore, port=0, mnt_port=0)
+            rig.start()
+            source = rig.url()
+            say(f"the datastore runs over NFSv3 from a user-space nfs-ganesha (pid "
+                f"{rig.ganesha.pid}) on loopback, 127.0.0.1:{rig.port}: {source}"
+                + (" (and an rpcbind the demo started)" if rig.rpcbind else ""))
+        else:
+            say("GOLDCACHE_DEMO_DATASTORE=dir: the datastore is the plain directory, no NFS")
+
         # A small RAM tier per desktop, so the demo shows writes spilling to local disk.
-        agent = ws.agent(cache_size="1GiB", extra_args=["--overlay-ram", "8MiB"])
+        agent = ws.agent(datastore=source, cache_size="1GiB",
+                         extra_args=["--overlay-ram", "8MiB"])
         agent.start()
         say("started: goldcached " + " ".join(agent.argv()[1:]).replace(ws.root, "$WS"))
+        with open(ws.mnt("vms/notes.txt"), "rb") as f:
+            say(f"vms/notes.txt (no rule: passthrough to the datastore) through the mount: "
+                f"{f.read().decode().strip()!r}")
         say(f"goldcached pid {agent.pid} is ready (sd_notify READY=1): "
             f"{ws.mountpoint} mirrors the datastore, /metrics at {agent.url('/metrics')}")
 
@@ -160,13 +208,15 @@ def main():
                 + (" (templates are read-only, as designed)" if e.errno == errno.EROFS else ""))
 
         before = agent.metrics()
+        rchar = ganesha_rchar(rig) if rig else None
         secs, bad = storm(ws.mnt(TEMPLATE), data)
-        after1, bad1 = report("storm 1 (cold cache)", agent, before, secs, bad)
+        after1, bad1 = report("storm 1 (cold cache)", agent, before, secs, bad, rig, rchar)
 
+        rchar = ganesha_rchar(rig) if rig else None
         secs, bad = storm(ws.mnt(TEMPLATE), data)
-        _, bad2 = report("storm 2 (warm cache)", agent, after1, secs, bad)
+        _, bad2 = report("storm 2 (warm cache)", agent, after1, secs, bad, rig, rchar)
 
-        desktops_ok = desktops_at_work(ws, agent)
+        desktops_ok = desktops_at_work(ws, agent, rig)
         print(agent.cli("status").stdout, flush=True)
 
         say(f"stopping goldcached (SIGTERM to pid {agent.pid})")
@@ -178,9 +228,19 @@ def main():
         say("interrupted")
     except gcrig.AgentError as e:
         say(f"agent failed: {e}")
+    except nfsrig.RigError as e:
+        say(f"the NFS server failed: {e}")
     finally:
+        # The agent first (it holds NFS sessions), then the NFS server.
         for p in ws.cleanup():
             say(f"cleanup: {p}")
+        if rig is not None:
+            what = "ganesha and the rpcbind it needed" if rig.rpcbind else "ganesha"
+            problems = rig.stop()
+            for p in problems:
+                say(f"cleanup: nfsrig: {p}")
+            say(f"stopped the NFS server ({what})" if not problems
+                else "the NFS server did not stop cleanly")
         say(f"removed {ws.root}")
     return 0 if ok else 1
 

@@ -113,6 +113,24 @@ def _start_time(pid: int) -> Optional[int]:
     return int(fields[19])
 
 
+def _running_threads(pid: int) -> list[int]:
+    """Threads of `pid` not (yet) in the stopped state 'T' (or traced, 't')."""
+    running = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread ended
+        if state not in ("T", "t", "Z", "X"):
+            running.append(int(tid))
+    return running
+
+
 class Proc:
     """A process this rig started: its PID and the start time that proves it is still ours."""
 
@@ -485,11 +503,24 @@ class GaneshaRig:
         if problem:
             raise RigError(f"ganesha: {problem}")
 
-    def pause_ganesha(self) -> None:
-        """SIGSTOP: a hung filer. Connections stay open and requests go unanswered."""
+    def pause_ganesha(self, timeout: float = 5.0) -> None:
+        """SIGSTOP: a hung filer. Connections stay open and requests go unanswered.
+
+        Returns once every ganesha thread is stopped: kill() only queues the
+        stop, and a thread still running for a millisecond or so can answer a
+        request sent right after it."""
         if self.ganesha is None or not self.ganesha.alive():
             raise RigError("ganesha is not running")
         os.kill(self.ganesha.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while True:
+            running = _running_threads(self.ganesha.pid)
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                raise RigError(f"ganesha (pid {self.ganesha.pid}) threads {running} still "
+                               f"running {timeout:.0f} s after SIGSTOP")
+            time.sleep(0.001)
 
     def resume_ganesha(self) -> None:
         """SIGCONT after pause_ganesha(); harmless otherwise."""
