@@ -85,6 +85,11 @@ class Backing {
   virtual std::string Describe() const = 0;
 };
 
+// Rejects what the paths above never are (absolute, "." or "..", empty or
+// trailing components), so a bug elsewhere cannot reach outside the
+// datastore. kInvalidArgument (EINVAL) naming the path.
+Status CheckDatastorePath(const std::string& path);
+
 // A datastore that is a local directory, in production a kernel NFS mount.
 // Fails with kNotFound / kInvalidArgument when `root` is missing or not a
 // directory; the message names `root`.

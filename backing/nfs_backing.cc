@@ -47,25 +47,6 @@ namespace {
 // What posix_backing.cc strips (O_DIRECT, O_APPEND, terminal and async flags)
 // never gets there.
 
-// Same rule as posix_backing.cc: relative, normalized, never "..".
-Status CheckPath(const std::string& path) {
-  if (path.empty()) return Status::Ok();
-  bool bad = path.front() == '/' || path.back() == '/';
-  size_t start = 0;
-  while (!bad && start <= path.size()) {
-    size_t end = path.find('/', start);
-    if (end == std::string::npos) end = path.size();
-    std::string_view part(path.data() + start, end - start);
-    bad = part.empty() || part == "." || part == "..";
-    start = end + 1;
-  }
-  if (bad) {
-    return Status::Error(Code::kInvalidArgument,
-                         "datastore path \"" + path + "\" is not relative and normalized", EINVAL);
-  }
-  return Status::Ok();
-}
-
 // Datastore path -> path inside the mounted export.
 std::string NfsPath(const std::string& path) { return "/" + path; }
 
@@ -437,7 +418,7 @@ class NfsBacking final : public Backing {
   explicit NfsBacking(std::shared_ptr<Pool> pool) : pool_(std::move(pool)) {}
 
   Result<struct stat> Stat(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return Call(
         path, "stat", [&](nfs_context * ctx) -> Result<struct stat> {
           struct nfs_stat_64 st;
@@ -448,7 +429,7 @@ class NfsBacking final : public Backing {
   }
 
   Result<std::vector<DirEntry>> ReadDir(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     auto lease = pool_->Acquire("readdir " + Name(path));
     if (!lease.ok()) return lease.status();
     nfs_context* ctx = lease->ctx();
@@ -482,7 +463,7 @@ class NfsBacking final : public Backing {
   }
 
   Result<std::string> ReadLink(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return Call(path, "readlink", [&](nfs_context* ctx) -> Result<std::string> {
       char* target = nullptr;
       int rc = nfs_readlink2(ctx, NfsPath(path).c_str(), &target);
@@ -494,7 +475,7 @@ class NfsBacking final : public Backing {
   }
 
   Result<std::unique_ptr<BackingFile>> Open(const std::string& path, int flags) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     const int reopen = (flags & O_ACCMODE) | SyncFlag(flags) | O_NOFOLLOW;
     const int first = reopen | (flags & O_TRUNC);
     return OpenFile("open", path, first, reopen, [&](nfs_context* ctx, nfsfh** fh) {
@@ -504,7 +485,7 @@ class NfsBacking final : public Backing {
 
   Result<std::unique_ptr<BackingFile>> Create(const std::string& path, int flags,
                                               mode_t mode) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (path.empty()) return Status::FromErrno(EISDIR, "create " + Name(path));
     const int reopen = (flags & O_ACCMODE) | SyncFlag(flags) | O_NOFOLLOW;
     const int first = (flags & O_ACCMODE) | SyncFlag(flags) | (flags & (O_EXCL | O_TRUNC));
@@ -514,27 +495,27 @@ class NfsBacking final : public Backing {
   }
 
   Status Mkdir(const std::string& path, mode_t mode) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return Simple(path, "mkdir", [&](nfs_context* ctx) {
       return nfs_mkdir2(ctx, NfsPath(path).c_str(), static_cast<int>(mode & 07777));
     });
   }
 
   Status Unlink(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return Simple(path, "unlink",
                   [&](nfs_context* ctx) { return nfs_unlink(ctx, NfsPath(path).c_str()); });
   }
 
   Status Rmdir(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return Simple(path, "rmdir",
                   [&](nfs_context* ctx) { return nfs_rmdir(ctx, NfsPath(path).c_str()); });
   }
 
   Status Rename(const std::string& from, const std::string& to, unsigned flags) override {
-    GC_RETURN_IF_ERROR(CheckPath(from));
-    GC_RETURN_IF_ERROR(CheckPath(to));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(from));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(to));
     if (flags != 0) {
       // NFS RENAME always replaces; RENAME_NOREPLACE could only be emulated
       // with a lookup that races with other hosts. EINVAL is what Linux file
@@ -550,7 +531,7 @@ class NfsBacking final : public Backing {
   }
 
   Status Symlink(const std::string& target, const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     // `target` is the link's content, stored verbatim.
     return Simple(path, "symlink", [&](nfs_context* ctx) {
       return nfs_symlink(ctx, target.c_str(), NfsPath(path).c_str());
@@ -558,15 +539,15 @@ class NfsBacking final : public Backing {
   }
 
   Status Link(const std::string& existing, const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(existing));
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(existing));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return Simple(existing + "\" -> \"" + path, "link", [&](nfs_context* ctx) {
       return nfs_link(ctx, NfsPath(existing).c_str(), NfsPath(path).c_str());
     });
   }
 
   Status Truncate(const std::string& path, uint64_t size) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     // Through an O_NOFOLLOW open, so a symlink is never truncated through.
     return Simple(path, "truncate", [&](nfs_context* ctx) {
       nfsfh* fh = nullptr;
@@ -579,14 +560,14 @@ class NfsBacking final : public Backing {
   }
 
   Status Chmod(const std::string& path, mode_t mode) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return Simple(path, "chmod", [&](nfs_context* ctx) {
       return nfs_lchmod(ctx, NfsPath(path).c_str(), static_cast<int>(mode & 07777));
     });
   }
 
   Status Chown(const std::string& path, uid_t uid, gid_t gid) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     // (uid_t)-1 / (gid_t)-1 become -1: "leave unchanged" to libnfs as to chown(2).
     return Simple(path, "chown", [&](nfs_context* ctx) {
       return nfs_lchown(ctx, NfsPath(path).c_str(), static_cast<int>(uid), static_cast<int>(gid));
@@ -594,7 +575,7 @@ class NfsBacking final : public Backing {
   }
 
   Status Utimens(const std::string& path, const struct timespec times[2]) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     bool omit[2] = {times[0].tv_nsec == UTIME_OMIT, times[1].tv_nsec == UTIME_OMIT};
     bool now[2] = {times[0].tv_nsec == UTIME_NOW, times[1].tv_nsec == UTIME_NOW};
     if (omit[0] && omit[1]) return Status::Ok();

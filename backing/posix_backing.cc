@@ -37,26 +37,6 @@ constexpr int kStrippedOpenFlags =
 // "" names the root; *at() calls spell that ".".
 const char* AtPath(const std::string& path) { return path.empty() ? "." : path.c_str(); }
 
-// Rejects what backing.h says a path never is, so a bug elsewhere cannot make
-// us reach outside the datastore with "..".
-Status CheckPath(const std::string& path) {
-  if (path.empty()) return Status::Ok();
-  bool bad = path.front() == '/' || path.back() == '/';
-  size_t start = 0;
-  while (!bad && start <= path.size()) {
-    size_t end = path.find('/', start);
-    if (end == std::string::npos) end = path.size();
-    std::string_view part(path.data() + start, end - start);
-    bad = part.empty() || part == "." || part == "..";
-    start = end + 1;
-  }
-  if (bad) {
-    return Status::Error(Code::kInvalidArgument,
-                         "datastore path \"" + path + "\" is not relative and normalized", EINVAL);
-  }
-  return Status::Ok();
-}
-
 class PosixFile final : public BackingFile {
  public:
   PosixFile(int fd, bool writable, std::string name)
@@ -136,7 +116,7 @@ class PosixBacking final : public Backing {
   ~PosixBacking() override { ::close(root_fd_); }
 
   Result<struct stat> Stat(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     struct stat st;
     if (::fstatat(root_fd_, AtPath(path), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       return Error("stat", path, errno);
@@ -145,7 +125,7 @@ class PosixBacking final : public Backing {
   }
 
   Result<std::vector<DirEntry>> ReadDir(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     // An O_PATH descriptor cannot be read, so the directory gets its own.
     int fd = ::openat(root_fd_, AtPath(path), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return Error("opendir", path, errno);
@@ -182,7 +162,7 @@ class PosixBacking final : public Backing {
   }
 
   Result<std::string> ReadLink(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     std::string target(256, '\0');
     while (true) {
       ssize_t n = ::readlinkat(root_fd_, AtPath(path), target.data(), target.size());
@@ -196,13 +176,13 @@ class PosixBacking final : public Backing {
   }
 
   Result<std::unique_ptr<BackingFile>> Open(const std::string& path, int flags) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     return OpenFile("open", path, (flags & ~kStrippedOpenFlags) | O_NOFOLLOW | O_CLOEXEC, 0);
   }
 
   Result<std::unique_ptr<BackingFile>> Create(const std::string& path, int flags,
                                               mode_t mode) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (path.empty()) return Error("create", path, EISDIR);
     int excl = flags & O_EXCL;
     return OpenFile("create", path,
@@ -210,26 +190,26 @@ class PosixBacking final : public Backing {
   }
 
   Status Mkdir(const std::string& path, mode_t mode) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (::mkdirat(root_fd_, AtPath(path), mode) != 0) return Error("mkdir", path, errno);
     return Status::Ok();
   }
 
   Status Unlink(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (::unlinkat(root_fd_, AtPath(path), 0) != 0) return Error("unlink", path, errno);
     return Status::Ok();
   }
 
   Status Rmdir(const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (::unlinkat(root_fd_, AtPath(path), AT_REMOVEDIR) != 0) return Error("rmdir", path, errno);
     return Status::Ok();
   }
 
   Status Rename(const std::string& from, const std::string& to, unsigned flags) override {
-    GC_RETURN_IF_ERROR(CheckPath(from));
-    GC_RETURN_IF_ERROR(CheckPath(to));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(from));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(to));
     if (::renameat2(root_fd_, AtPath(from), root_fd_, AtPath(to), flags) != 0) {
       return Error("rename", from + "\" -> \"" + to, errno);
     }
@@ -237,7 +217,7 @@ class PosixBacking final : public Backing {
   }
 
   Status Symlink(const std::string& target, const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     // `target` is the link's content, not a path we resolve: stored verbatim.
     if (::symlinkat(target.c_str(), root_fd_, AtPath(path)) != 0) {
       return Error("symlink", path, errno);
@@ -246,8 +226,8 @@ class PosixBacking final : public Backing {
   }
 
   Status Link(const std::string& existing, const std::string& path) override {
-    GC_RETURN_IF_ERROR(CheckPath(existing));
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(existing));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (::linkat(root_fd_, AtPath(existing), root_fd_, AtPath(path), 0) != 0) {
       return Error("link", existing + "\" -> \"" + path, errno);
     }
@@ -255,7 +235,7 @@ class PosixBacking final : public Backing {
   }
 
   Status Truncate(const std::string& path, uint64_t size) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     // There is no truncateat(); an O_NONBLOCK open cannot hang on a FIFO.
     int fd = ::openat(root_fd_, AtPath(path), O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return Error("truncate", path, errno);
@@ -267,7 +247,7 @@ class PosixBacking final : public Backing {
   }
 
   Status Chmod(const std::string& path, mode_t mode) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     // NOFOLLOW so a symlink on the datastore can never redirect a chmod to a
     // file of this host; Linux answers EOPNOTSUPP for the symlink itself.
     if (::fchmodat(root_fd_, AtPath(path), mode, AT_SYMLINK_NOFOLLOW) != 0) {
@@ -277,7 +257,7 @@ class PosixBacking final : public Backing {
   }
 
   Status Chown(const std::string& path, uid_t uid, gid_t gid) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (::fchownat(root_fd_, AtPath(path), uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
       return Error("chown", path, errno);
     }
@@ -285,7 +265,7 @@ class PosixBacking final : public Backing {
   }
 
   Status Utimens(const std::string& path, const struct timespec times[2]) override {
-    GC_RETURN_IF_ERROR(CheckPath(path));
+    GC_RETURN_IF_ERROR(CheckDatastorePath(path));
     if (::utimensat(root_fd_, AtPath(path), times, AT_SYMLINK_NOFOLLOW) != 0) {
       return Error("utimens", path, errno);
     }

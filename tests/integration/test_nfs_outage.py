@@ -14,14 +14,11 @@ from the same agent process, and /metrics says the datastore is up again.
 """
 
 import errno
-import os
-import sys
 import time
 
 import pytest
 
 import gcrig
-import nfsrig
 from gcrig import MiB
 
 TEMPLATE = "templates/win11.img"
@@ -32,27 +29,6 @@ MARGIN_S = 3               # scheduling on a busy 2-core box, FUSE round trips
 RECOVERY_S = 30            # the agent probes once a second; ganesha starts in well under this
 MISS = 16 * MiB            # uncached offsets (chunk-aligned, beyond WARM)
 MISS2 = 24 * MiB
-
-
-@pytest.fixture
-def rig(request, ws):
-    """ganesha serving the workspace's datastore/ on free loopback ports.
-    Stopped after the test's agents (they hold NFS sessions to it)."""
-    if not nfsrig.ganesha_available():
-        pytest.fail("ganesha.nfsd not installed (nfs-ganesha nfs-ganesha-vfs rpcbind "
-                    "libnfs-utils; scripts/setup.sh installs them)")
-    r = nfsrig.GaneshaRig(ws.datastore, port=0, mnt_port=0,
-                          state_dir=os.path.join(ws.root, "nfsrig"))
-    try:
-        yield r.start()
-    finally:
-        for a in ws.agents:
-            for p in a.terminate():
-                print(f"gcrig: {p}", file=sys.stderr)
-        if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-            print("--- ganesha log ---\n" + r.log_tail(), file=sys.stderr)
-        for p in r.stop():
-            print(f"nfsrig: {p}", file=sys.stderr)
 
 
 OUTAGES = {

@@ -14,15 +14,11 @@ A direct `nfs-cat` of the template then shows that the server-side measure
 sees reads: it grows by at least the template's size.
 """
 
-import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 
 import gcrig
-import nfsrig
 from gcrig import KiB, MiB
 
 SIZE = 128 * MiB
@@ -39,27 +35,6 @@ READERS = [
     ("odd_then_even", 64 * KiB),
     ("halves_swapped", 256 * KiB),
 ]
-
-
-@pytest.fixture
-def rig(request, ws):
-    """ganesha serving the workspace's datastore/ on free loopback ports.
-    Stopped after the test's agents (they hold NFS sessions to it)."""
-    if not nfsrig.ganesha_available():
-        pytest.fail("ganesha.nfsd not installed (nfs-ganesha nfs-ganesha-vfs rpcbind "
-                    "libnfs-utils; scripts/setup.sh installs them)")
-    r = nfsrig.GaneshaRig(ws.datastore, port=0, mnt_port=0,
-                          state_dir=os.path.join(ws.root, "nfsrig"))
-    try:
-        yield r.start()
-    finally:
-        for a in ws.agents:
-            for p in a.terminate():
-                print(f"gcrig: {p}", file=sys.stderr)
-        if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-            print("--- ganesha log ---\n" + r.log_tail(), file=sys.stderr)
-        for p in r.stop():
-            print(f"nfsrig: {p}", file=sys.stderr)
 
 
 def storm(path, data, readers):
