@@ -701,6 +701,8 @@ Status DatastoreFs::Rmdir(const std::string& path) {
 
 Status DatastoreFs::Rename(const std::string& from, const std::string& to, unsigned flags) {
   if (rules_.RoleOf(from) == Role::kNonpersistent && rules_.RoleOf(to) == Role::kNonpersistent) {
+    // Asked before taking mu_: the datastore may be slow or down.
+    const bool to_on_datastore = backing_.Stat(to).ok();
     std::shared_ptr<Desktop> replaced;  // destroyed outside the lock
     std::lock_guard lock(mu_);
     auto src = desktops_.find(from);
@@ -712,7 +714,7 @@ Status DatastoreFs::Rename(const std::string& from, const std::string& to, unsig
     }
     auto dst = desktops_.find(to);
     bool on_datastore = (dst != desktops_.end() && !dst->second->local_only) ||
-                        (dst == desktops_.end() && backing_.Stat(to).ok());
+                        (dst == desktops_.end() && to_on_datastore);
     if (on_datastore) return ReadOnly(to, "a datastore file in a nonpersistent area");
     if (dst != desktops_.end()) {
       if (flags & RENAME_NOREPLACE) return Status::Error(Code::kExists, to + " exists");
