@@ -4,6 +4,7 @@ override the file; each bad config stops goldcached (and --check-config) with
 a message naming the problem and FILE:LINE."""
 
 import errno
+import json
 import os
 import re
 import socket
@@ -205,3 +206,43 @@ def test_mountpoint_in_use_names_the_line_and_leaves_the_live_mount_alone(ws, ma
     assert first.running() and gcrig.is_mounted(ws.mountpoint)
     gcrig.assert_same_content(gcrig.read_all_direct(t.mnt_path, t.size), t.data, "first agent")
     first.cli("status")
+
+
+def test_two_datastores_share_one_cache_each_on_its_own_mount(ws, make_template):
+    """One agent, two datastores (two filers): each is mounted and served with
+    its own rules and counters; both fill the one cache; SIGTERM unmounts both."""
+    t = make_template(TEMPLATE, 8 * MiB, seed=61)
+    second = os.path.join(ws.root, "datastore2")
+    os.makedirs(os.path.join(second, "gold"))
+    data2 = gcrig.random_bytes(4 * MiB, 62)
+    gcrig.write_file(os.path.join(second, "gold", "w10.img"), data2)
+    mnt2 = os.path.join(ws.root, "mnt2")  # not created: the agent makes mountpoints
+    port = gcrig.free_port()
+    agent = ws.agent(port=port)
+    lines = shipped_config(ws, socket_path=agent.control_socket, port=port)
+    lines += ["", "[[datastore]]", 'name = "ds2"', f'source = "{second}"',
+              f'mountpoint = "{mnt2}"', "", "[[datastore.rule]]", 'match = "gold/**"',
+              'role = "template"']
+    agent.config = write_config(ws, lines)
+    agent.start()
+    try:
+        assert gcrig.is_mounted(mnt2), "the second datastore is not mounted"
+        gcrig.assert_same_content(gcrig.read_all_direct(t.mnt_path, t.size), t.data, "ds1")
+        path2 = os.path.join(mnt2, "gold", "w10.img")
+        gcrig.assert_same_content(gcrig.read_all_direct(path2, len(data2)), data2, "ds2")
+        with pytest.raises(OSError) as e:  # ds2's own rule makes it a template
+            os.open(path2, os.O_WRONLY)
+        assert e.value.errno == errno.EROFS
+        m = agent.metrics()
+        assert m.value("goldcache_datastore_read_bytes_total", datastore="ds1") == t.size
+        assert m.value("goldcache_datastore_read_bytes_total", datastore="ds2") == len(data2)
+        assert m.value("goldcache_cache_used_bytes") == t.size + len(data2)  # one cache
+        status = json.loads(agent.cli("status", "--json").stdout)
+        assert [d["name"] for d in status["datastores"]] == ["ds1", "ds2"]
+        # Both read again: all from the one cache.
+        gcrig.read_all_direct(path2, len(data2))
+        gcrig.read_all_direct(t.mnt_path, t.size)
+        assert agent.metrics().value("goldcache_datastore_read_bytes_total") == t.size + len(data2)
+    finally:
+        assert agent.stop() == 0
+    assert not gcrig.is_mounted(ws.mountpoint) and not gcrig.is_mounted(mnt2)
