@@ -18,7 +18,7 @@ PACKAGES=(
   libcpp-httplib-dev libcli11-dev libtomlplusplus-dev
   libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind
   qemu-utils fio python3 python3-pytest python3-prometheus-client dpkg-dev systemd
-  procps util-linux ca-certificates
+  procps util-linux ca-certificates file
 )
 
 missing=()

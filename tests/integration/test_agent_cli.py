@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import stat
 import subprocess
 import threading
@@ -307,8 +308,13 @@ def test_non_root_user_is_refused_by_the_control_socket(ws, make_template):
                     user], check=True, capture_output=True, timeout=60)
     try:
         os.chmod(ws.root, 0o711)  # traversable; the socket's own mode decides
-        cli = [cli_binary(agent), "--socket", agent.control_socket]
-        ok = run_as(user, [cli_binary(agent), "--version"])
+        # The build tree may sit where other users cannot reach (/root is
+        # 0700): the user runs its own copy of the CLI from the workspace.
+        binary = os.path.join(ws.root, "goldcache")
+        shutil.copy2(cli_binary(agent), binary)
+        os.chmod(binary, 0o755)
+        cli = [binary, "--socket", agent.control_socket]
+        ok = run_as(user, [binary, "--version"])
         assert ok.returncode == 0, f"{user} cannot run the CLI at all: {ok.stderr}"
 
         r = run_as(user, cli + ["status"])
