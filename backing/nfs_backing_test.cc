@@ -77,7 +77,8 @@ struct Server {
   std::string dir;  // /tmp/goldcache-nfs-backing.XXXXXX
   std::string export_dir;
   std::string state_dir;
-  std::string url;  // the export's root, version 3
+  std::string url;    // the export's root, version 3
+  std::string error;  // why the rig did not start; empty when it did
   bool running = false;
 
   void Stop() {
@@ -102,8 +103,14 @@ class NfsBackingTest : public ::testing::Test {
               "*** libnfs-utils (scripts/setup.sh does).\n\n");
       return;
     }
+    // No ASSERT here: gtest reports a fatal failure in SetUpTestSuite as a
+    // skip of every test, and ctest counts skips as fine. SetUp fails each
+    // test with this instead.
     char tmpl[] = "/tmp/goldcache-nfs-backing.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    if (::mkdtemp(tmpl) == nullptr) {
+      server.error = "mkdtemp failed";
+      return;
+    }
     server.dir = tmpl;
     server.export_dir = server.dir + "/export";
     server.state_dir = server.dir + "/state";
@@ -113,9 +120,12 @@ class NfsBackingTest : public ::testing::Test {
                      " --port 0 --mnt-port 0 --owner-pid " + std::to_string(::getpid()),
                  &out);
     server.running = true;  // stop whatever part of it did start
-    ASSERT_EQ(rc, 0) << "nfsrig.py start failed:\n" << out;
+    if (rc != 0) {
+      server.error = "nfsrig.py start failed:\n" + out;
+      return;
+    }
     server.url = out.substr(0, out.find('\n'));
-    ASSERT_EQ(server.url.rfind("nfs://", 0), 0u) << out;
+    if (server.url.rfind("nfs://", 0) != 0) server.error = "nfsrig.py printed no URL:\n" + out;
   }
 
   static void TearDownTestSuite() {
@@ -125,6 +135,7 @@ class NfsBackingTest : public ::testing::Test {
 
   void SetUp() override {
     if (!GaneshaInstalled()) GTEST_SKIP() << "ganesha.nfsd is not installed: nfs:// NOT tested";
+    ASSERT_TRUE(server.error.empty()) << server.error;
     ASSERT_FALSE(server.url.empty()) << "the NFS rig did not start";
     // Each test works in its own directory of the export.
     test_dir_ = ::testing::UnitTest::GetInstance()->current_test_info()->name();

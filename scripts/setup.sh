@@ -41,6 +41,19 @@ else
   step "all ${#PACKAGES[@]} packages already installed"
 fi
 
+# What every installed Debian has but a bare (debootstrap, container) one may
+# lack, and the NFS test server needs: nfs-ganesha's VFS backend finds an
+# export's file system in /etc/mtab, and libtirpc registers with rpcbind
+# through "localhost".
+if [[ ! -e /etc/mtab ]]; then
+  step "link /etc/mtab -> ../proc/self/mounts"
+  ln -s ../proc/self/mounts /etc/mtab
+fi
+if ! getent hosts localhost >/dev/null; then
+  step "add localhost to /etc/hosts"
+  printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >>/etc/hosts
+fi
+
 if [[ "${GOLDCACHE_SANITIZE:-0}" == 1 ]]; then
   build_dir=build-asan
   flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DGOLDCACHE_SANITIZE=ON)
