@@ -18,7 +18,7 @@ PACKAGES=(
   libcpp-httplib-dev libcli11-dev libtomlplusplus-dev
   libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind
   qemu-utils fio python3 python3-pytest python3-prometheus-client dpkg-dev systemd
-  procps util-linux ca-certificates file
+  procps util-linux ca-certificates file netbase
 )
 
 missing=()
@@ -44,12 +44,12 @@ fi
 # What every installed Debian has but a bare (debootstrap, container) one may
 # lack, and the NFS test server needs: nfs-ganesha's VFS backend finds an
 # export's file system in /etc/mtab, and libtirpc registers with rpcbind
-# through "localhost".
+# through "localhost" over IPv4 (and the "sunrpc" service from netbase).
 if [[ ! -e /etc/mtab ]]; then
   step "link /etc/mtab -> ../proc/self/mounts"
   ln -s ../proc/self/mounts /etc/mtab
 fi
-if ! getent hosts localhost >/dev/null; then
+if ! getent ahostsv4 localhost >/dev/null; then
   step "add localhost to /etc/hosts"
   printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >>/etc/hosts
 fi
