@@ -13,17 +13,17 @@ namespace goldcache {
 
 enum class Code {
   kOk = 0,
-  kNotFound,          // no such file or chunk
-  kExists,            // target already exists
-  kReadOnly,          // the role forbids changing this file (template, nonpersistent base)
-  kNoSpace,           // local space exhausted: overlay and read cache both full
-  kIoError,           // the datastore or local store failed to do IO
-  kTimedOut,          // the datastore did not answer within the configured time
-  kCorruption,        // stored data failed its checksum
-  kStale,             // the datastore file changed under an open handle (new generation)
-  kInvalidArgument,   // bad input from a caller or a config
-  kNotSupported,      // operation not offered for this file or role
-  kOsError,           // any other OS error; os_errno() carries the exact value
+  kNotFound,         // no such file or chunk
+  kExists,           // target already exists
+  kReadOnly,         // the role forbids changing this file (template, nonpersistent base)
+  kNoSpace,          // local space exhausted: overlay and read cache both full
+  kIoError,          // the datastore or local store failed to do IO
+  kTimedOut,         // the datastore did not answer within the configured time
+  kCorruption,       // stored data failed its checksum
+  kStale,            // the datastore file changed under an open handle (new generation)
+  kInvalidArgument,  // bad input from a caller or a config
+  kNotSupported,     // operation not offered for this file or role
+  kOsError,          // any other OS error; os_errno() carries the exact value
 };
 
 class [[nodiscard]] Status {
@@ -58,7 +58,7 @@ const char* CodeName(Code code);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -80,8 +80,8 @@ class [[nodiscard]] Result {
 }  // namespace goldcache
 
 // Returns early from the enclosing function when `expr` is not ok.
-#define GC_RETURN_IF_ERROR(expr)             \
-  do {                                       \
-    ::goldcache::Status _gc_st = (expr);     \
-    if (!_gc_st.ok()) return _gc_st;         \
+#define GC_RETURN_IF_ERROR(expr)         \
+  do {                                   \
+    ::goldcache::Status _gc_st = (expr); \
+    if (!_gc_st.ok()) return _gc_st;     \
   } while (0)
