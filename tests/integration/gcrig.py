@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
 import mmap
 import os
 import random
@@ -30,7 +29,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.request
 from typing import Callable, Iterable, Optional
 
@@ -761,3 +762,31 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# A boot storm: eight desktops, (order name, IO size), each reading the whole
+# template once in its own order.
+STORM_READERS = [
+    ("sequential", MiB),
+    ("reverse", MiB),
+    ("random", MiB),
+    ("strided7", MiB),
+    ("middle_out", MiB),
+    ("random2", 64 * KiB),
+    ("odd_then_even", 64 * KiB),
+    ("halves_swapped", 256 * KiB),
+]
+
+
+def storm(path: str, data: bytes, readers=STORM_READERS) -> dict:
+    """Runs the readers at once (O_DIRECT); returns {reader: [bad offsets]}."""
+    barrier = threading.Barrier(len(readers))
+
+    def run(reader):
+        name, block = reader
+        order = block_orders(len(data) // block, seed=7)[name]
+        barrier.wait(60)
+        return f"{name}/{block // KiB}K", read_compare(path, data, order, block)
+
+    with ThreadPoolExecutor(len(readers)) as ex:
+        return dict(ex.map(run, readers))

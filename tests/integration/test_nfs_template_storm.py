@@ -14,41 +14,14 @@ A direct `nfs-cat` of the template then shows that the server-side measure
 sees reads: it grows by at least the template's size.
 """
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 
 import gcrig
-from gcrig import KiB, MiB
+from gcrig import MiB
 
 SIZE = 128 * MiB
 TEMPLATE = "templates/win11.img"
 SERVER_SLACK = 4 * MiB
-
-READERS = [
-    ("sequential", MiB),
-    ("reverse", MiB),
-    ("random", MiB),
-    ("strided7", MiB),
-    ("middle_out", MiB),
-    ("random2", 64 * KiB),
-    ("odd_then_even", 64 * KiB),
-    ("halves_swapped", 256 * KiB),
-]
-
-
-def storm(path, data, readers):
-    """The readers at once, O_DIRECT, each in its own order; {reader: [bad offsets]}."""
-    barrier = threading.Barrier(len(readers))
-
-    def run(reader):
-        name, block = reader
-        order = gcrig.block_orders(len(data) // block, seed=7)[name]
-        barrier.wait(60)
-        return f"{name}/{block // KiB}K", gcrig.read_compare(path, data, order, block)
-
-    with ThreadPoolExecutor(len(readers)) as ex:
-        return dict(ex.map(run, readers))
 
 
 def test_storm_over_nfs_gets_source_bytes_and_the_filer_serves_each_byte_once(
@@ -58,7 +31,7 @@ def test_storm_over_nfs_gets_source_bytes_and_the_filer_serves_each_byte_once(
     ganesha = rig.ganesha.pid
     before = gcrig.proc_io(ganesha)["rchar"]
 
-    bad = storm(t.mnt_path, t.data, READERS)
+    bad = gcrig.storm(t.mnt_path, t.data, gcrig.STORM_READERS)
     assert not {r: o[:5] for r, o in bad.items() if o}, "readers saw wrong bytes at offsets"
 
     served = gcrig.proc_io(ganesha)["rchar"] - before
@@ -68,12 +41,12 @@ def test_storm_over_nfs_gets_source_bytes_and_the_filer_serves_each_byte_once(
     ds_bytes = m.value("goldcache_datastore_read_bytes_total")
     assert SIZE <= ds_bytes <= 1.1 * SIZE, (
         f"the agent read {ds_bytes / MiB:.1f} MiB over NFS for a {SIZE // MiB} MiB template "
-        f"read by {len(READERS)} readers")
+        f"read by {len(gcrig.STORM_READERS)} readers")
     assert SIZE <= served <= 1.1 * SIZE + SERVER_SLACK, (
         f"ganesha read {served / MiB:.1f} MiB (rchar) to serve a {SIZE // MiB} MiB template "
-        f"to {len(READERS)} readers through goldcache")
+        f"to {len(gcrig.STORM_READERS)} readers through goldcache")
     assert (m.value("goldcache_read_bytes_total", source="cache")
-            + m.value("goldcache_read_bytes_total", source="datastore")) == len(READERS) * SIZE
+            + m.value("goldcache_read_bytes_total", source="datastore")) == len(gcrig.STORM_READERS) * SIZE
     assert m.value("goldcache_datastore_up") == 1
     assert m.value("goldcache_datastore_errors_total") == 0
 
@@ -92,11 +65,11 @@ def test_storm_over_nfs_gets_source_bytes_and_the_filer_serves_each_byte_once(
 def test_second_storm_over_nfs_costs_the_filer_nothing(ws, make_template, rig):
     t = make_template(TEMPLATE, 32 * MiB, seed=13)
     agent = ws.agent(datastore=rig.url()).start()
-    assert not any(storm(t.mnt_path, t.data, READERS[:2]).values())
+    assert not any(gcrig.storm(t.mnt_path, t.data, gcrig.STORM_READERS[:2]).values())
     m0 = agent.metrics()
     rchar0 = gcrig.proc_io(rig.ganesha.pid)["rchar"]
 
-    bad = storm(t.mnt_path, t.data, READERS)
+    bad = gcrig.storm(t.mnt_path, t.data, gcrig.STORM_READERS)
     assert not {r: o[:5] for r, o in bad.items() if o}
 
     m1 = agent.metrics()

@@ -1,38 +1,10 @@
 """Boot storm: many desktops read one template at once through the mount."""
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import gcrig
-from gcrig import KiB, MiB
+from gcrig import MiB
 
 SIZE = 256 * MiB
-
-# (order name, IO size): eight readers, each reading the whole template once.
-READERS = [
-    ("sequential", MiB),
-    ("reverse", MiB),
-    ("random", MiB),
-    ("strided7", MiB),
-    ("middle_out", MiB),
-    ("random2", 64 * KiB),
-    ("odd_then_even", 64 * KiB),
-    ("halves_swapped", 256 * KiB),
-]
-
-
-def storm(path, data, readers):
-    """Runs the readers concurrently (O_DIRECT); returns {reader: [bad offsets]}."""
-    barrier = threading.Barrier(len(readers))
-
-    def run(reader):
-        name, block = reader
-        order = gcrig.block_orders(len(data) // block, seed=7)[name]
-        barrier.wait(60)
-        return f"{name}/{block // KiB}K", gcrig.read_compare(path, data, order, block)
-
-    with ThreadPoolExecutor(len(readers)) as ex:
-        return dict(ex.map(run, readers))
 
 
 def test_concurrent_readers_get_source_bytes_and_datastore_serves_each_chunk_once(
@@ -40,18 +12,18 @@ def test_concurrent_readers_get_source_bytes_and_datastore_serves_each_chunk_onc
     t = make_template("templates/win11.img", SIZE, seed=2)
     agent = ws.agent(cache_size="1GiB").start()
 
-    bad = storm(t.mnt_path, t.data, READERS)
+    bad = gcrig.storm(t.mnt_path, t.data, gcrig.STORM_READERS)
     assert not {r: o[:5] for r, o in bad.items() if o}, "readers saw wrong bytes at offsets"
 
     m = agent.metrics()
     ds_bytes = m.value("goldcache_datastore_read_bytes_total")
     assert SIZE <= ds_bytes <= 1.1 * SIZE, (
         f"datastore served {ds_bytes / MiB:.1f} MiB for a {SIZE // MiB} MiB template "
-        f"read by {len(READERS)} readers")
+        f"read by {len(gcrig.STORM_READERS)} readers")
     served = (m.value("goldcache_read_bytes_total", source="cache")
               + m.value("goldcache_read_bytes_total", source="datastore"))
-    assert served == len(READERS) * SIZE, (
-        f"goldcache_read_bytes_total sums to {served}, readers read {len(READERS) * SIZE}")
+    assert served == len(gcrig.STORM_READERS) * SIZE, (
+        f"goldcache_read_bytes_total sums to {served}, readers read {len(gcrig.STORM_READERS) * SIZE}")
     assert m.value("goldcache_cache_hits_total") > 0
     assert m.value("goldcache_cache_used_bytes") >= SIZE
 
@@ -59,10 +31,10 @@ def test_concurrent_readers_get_source_bytes_and_datastore_serves_each_chunk_onc
 def test_second_storm_is_served_from_cache(ws, make_template):
     t = make_template("templates/win11.img", 64 * MiB, seed=3)
     agent = ws.agent().start()
-    assert not any(storm(t.mnt_path, t.data, READERS[:2]).values())
+    assert not any(gcrig.storm(t.mnt_path, t.data, gcrig.STORM_READERS[:2]).values())
     before = agent.metrics()
 
-    bad = storm(t.mnt_path, t.data, READERS)
+    bad = gcrig.storm(t.mnt_path, t.data, gcrig.STORM_READERS)
     assert not {r: o[:5] for r, o in bad.items() if o}
 
     after = agent.metrics()
@@ -71,4 +43,4 @@ def test_second_storm_is_served_from_cache(ws, make_template):
         "a fully cached template was read from the datastore again"
     from_cache = (after.value("goldcache_read_bytes_total", source="cache")
                   - before.value("goldcache_read_bytes_total", source="cache"))
-    assert from_cache == len(READERS) * t.size
+    assert from_cache == len(gcrig.STORM_READERS) * t.size
