@@ -790,3 +790,41 @@ def storm(path: str, data: bytes, readers=STORM_READERS) -> dict:
 
     with ThreadPoolExecutor(len(readers)) as ex:
         return dict(ex.map(run, readers))
+
+
+# ---------------------------------------------------------------------------
+# Real clients
+
+
+def run_tool(cmd, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """Runs a client (qemu-img, qemu-io, ...): output merged, never raises on exit code."""
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=cwd, timeout=timeout, check=False)
+
+
+def qemu_io(path, *commands, fmt="qcow2", readonly=False) -> subprocess.CompletedProcess:
+    """qemu-io with cache=none (O_DIRECT), one -c per command."""
+    cmd = ["qemu-io", "-f", fmt, "-t", "none"] + (["-r"] if readonly else [])
+    for c in commands:
+        cmd += ["-c", c]
+    return run_tool(cmd + [path])
+
+
+def qemu_io_ok(r: subprocess.CompletedProcess) -> bool:
+    """qemu-io exits 0 even when a `read -P` pattern check fails."""
+    return r.returncode == 0 and "Pattern verification failed" not in r.stdout
+
+
+def wait_desktop_closed(agent, rel):
+    """Until the agent has released every handle of desktop `rel` (FUSE sends
+    the release after close() returns); its `list` entry, or None once its
+    overlay was discarded."""
+    state = {}
+
+    def closed():
+        d = agent.desktops().get(rel)
+        state["d"] = d
+        return d is None or d["open_handles"] == 0
+
+    wait_until(closed, f"{rel} has no open handle")
+    return state["d"]

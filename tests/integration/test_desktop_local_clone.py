@@ -6,7 +6,6 @@ sees it."""
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -17,21 +16,10 @@ SIZE = 64 * MiB
 AB = 0xAB
 AB_BYTES = 4 * MiB  # the template starts with 4 MiB of 0xab, then random data
 
+run = gcrig.run_tool
+qemu_io = gcrig.qemu_io
+ok = gcrig.qemu_io_ok
 
-def run(cmd, cwd=None, timeout=120):
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          cwd=cwd, timeout=timeout, check=False)
-
-
-def qemu_io(path, *commands, readonly=False):
-    cmd = ["qemu-io", "-f", "qcow2", "-t", "none"] + (["-r"] if readonly else [])
-    for c in commands:
-        cmd += ["-c", c]
-    return run(cmd + [path])
-
-
-def ok(r):
-    return r.returncode == 0 and "Pattern verification failed" not in r.stdout
 
 
 def check_ok(path):

@@ -6,7 +6,6 @@ bytes never change."""
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -25,21 +24,10 @@ READ_TEMPLATE = [f"read -P 0x{AB:x} 0 1M", f"read -P 0x{AB:x} 3M 1M"]
 READ_TEMPLATE_ALL = f"read -P 0x{AB:x} 0 4M"
 NOT_WRITTEN = "Pattern verification failed at offset 1048576, 2097152 bytes"
 
+run = gcrig.run_tool
+qemu_io = gcrig.qemu_io
+ok = gcrig.qemu_io_ok
 
-def run(cmd, cwd=None, timeout=120):
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          cwd=cwd, timeout=timeout, check=False)
-
-
-def qemu_io(path, *commands, readonly=False):
-    cmd = ["qemu-io", "-f", "qcow2", "-t", "none"] + (["-r"] if readonly else [])
-    for c in commands:
-        cmd += ["-c", c]
-    return run(cmd + [path])
-
-
-def ok(r):
-    return r.returncode == 0 and "Pattern verification failed" not in r.stdout
 
 
 @pytest.fixture
@@ -66,21 +54,6 @@ def assert_clone_untouched(ws, agent, sha, st):
     assert gcrig.datastore_writes(agent.metrics()) == gcrig.NO_DATASTORE_WRITES
 
 
-def wait_closed(agent, rel):
-    """Until the agent has seen every handle of `rel` released (FUSE sends the
-    release after close() returns). Returns the desktop's entry, or None if the
-    desktop is gone from `goldcache list` (its overlay was discarded)."""
-    state = {}
-
-    def closed():
-        d = agent.desktops().get(rel)
-        state["d"] = d
-        return d is None or d["open_handles"] == 0
-
-    gcrig.wait_until(closed, f"{rel} has no open handle")
-    return state["d"]
-
-
 def test_clone_writes_and_reads_then_reads_as_template_after_last_close(ws, provisioned):
     t, sha, st = provisioned
     agent = ws.agent().start()
@@ -95,7 +68,7 @@ def test_clone_writes_and_reads_then_reads_as_template_after_last_close(ws, prov
     assert r.returncode == 0 and "No errors were found on the image." in r.stdout, r.stdout
 
     # Every handle closed (qemu-io and qemu-img exited): the overlay is gone.
-    assert wait_closed(agent, CLONE) is None, agent.desktops()
+    assert gcrig.wait_desktop_closed(agent, CLONE) is None, agent.desktops()
     assert agent.metrics().value("goldcache_desktop_resets_total", reason="last_close") >= 1
 
     r = qemu_io(clone, READ_WRITTEN, readonly=True)
@@ -120,7 +93,7 @@ def test_manual_reset_keeps_writes_across_close_refuses_while_open_then_discards
 
     r = qemu_io(clone, WRITE)
     assert ok(r) and "wrote 2097152/2097152 bytes at offset 1048576" in r.stdout, r.stdout
-    d = wait_closed(agent, CLONE)
+    d = gcrig.wait_desktop_closed(agent, CLONE)
     assert d is not None and d["overlay_ram_bytes"] + d["overlay_disk_bytes"] >= 2 * MiB, d
     assert d["host_only"] is False
 
@@ -143,7 +116,7 @@ def test_manual_reset_keeps_writes_across_close_refuses_while_open_then_discards
         os.close(vm)
 
     # Closed: reset by command. The path may also be given on the datastore side.
-    wait_closed(agent, CLONE)
+    gcrig.wait_desktop_closed(agent, CLONE)
     agent.cli("reset", ws.ds(CLONE))
     assert agent.metrics().value("goldcache_desktop_resets_total", reason="command") == 1
     assert CLONE not in agent.desktops()

@@ -13,7 +13,6 @@ import hashlib
 import mmap
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -33,20 +32,6 @@ def over_nfs(rig, rel):
     """sha256 and size of `rel` read over NFS directly (nfs-cat)."""
     data = gcrig.nfs_cat(rig.url(rel))
     return sha256(data), len(data)
-
-
-def wait_closed(agent, rel):
-    """Until the agent has released every handle of `rel` (FUSE sends the
-    release after close() returns); its entry, or None once discarded."""
-    state = {}
-
-    def closed():
-        d = agent.desktops().get(rel)
-        state["d"] = d
-        return d is None or d["open_handles"] == 0
-
-    gcrig.wait_until(closed, f"{rel} has no open handle")
-    return state["d"]
 
 
 def test_desktop_writes_over_nfs_leave_the_file_on_the_filer_unchanged(ws, rig):
@@ -91,7 +76,7 @@ def test_desktop_writes_over_nfs_leave_the_file_on_the_filer_unchanged(ws, rig):
 
     assert gcrig.datastore_writes(agent.metrics()) == gcrig.NO_DATASTORE_WRITES
     # Shut down (last close): the writes are discarded; the disk reads as provisioned.
-    assert wait_closed(agent, DISK) is None, agent.desktops()
+    assert gcrig.wait_desktop_closed(agent, DISK) is None, agent.desktops()
     gcrig.assert_same_content(gcrig.read_all_direct(ws.mnt(DISK), DISK_SIZE), original,
                               "the disk after the desktop shut down")
     assert over_nfs(rig, DISK) == provisioned
@@ -105,17 +90,9 @@ CLONE = "pool/vm1.qcow2"
 AB_BYTES = 4 * MiB
 
 
-def run(cmd, cwd=None, timeout=120):
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          cwd=cwd, timeout=timeout, check=False)
-
-
 def qemu_io(path, *commands, readonly=False):
-    cmd = ["qemu-io", "-f", "qcow2", "-t", "none"] + (["-r"] if readonly else [])
-    for c in commands:
-        cmd += ["-c", c]
-    r = run(cmd + [path])
-    return r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout
+    r = gcrig.qemu_io(path, *commands, readonly=readonly)
+    return gcrig.qemu_io_ok(r), r.stdout
 
 
 def test_qcow2_linked_clone_over_nfs_writes_stay_on_the_host(ws, rig):
@@ -126,7 +103,7 @@ def test_qcow2_linked_clone_over_nfs_writes_stay_on_the_host(ws, rig):
     gcrig.write_file(ws.ds(TEMPLATE), template)
     os.makedirs(ws.ds("pool"))
     # Provisioning, as a VDI broker does it: on the filer, not through goldcache.
-    r = run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "../templates/t.img",
+    r = gcrig.run_tool(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "../templates/t.img",
              "vm1.qcow2"], cwd=ws.ds("pool"))
     assert r.returncode == 0, r.stdout
     clone_before = over_nfs(rig, CLONE)
@@ -144,7 +121,7 @@ def test_qcow2_linked_clone_over_nfs_writes_stay_on_the_host(ws, rig):
         ok, out = qemu_io(clone, "read -P 0x5a 1M 2M", "read -P 0x33 40M 1M",
                           "read -P 0xab 0 1M", readonly=True)
         assert ok, f"a second open of the running desktop lost its writes:\n{out}"
-        r = run(["qemu-img", "check", clone])
+        r = gcrig.run_tool(["qemu-img", "check", clone])
         assert r.returncode == 0 and "No errors were found on the image." in r.stdout, r.stdout
 
         assert over_nfs(rig, CLONE) == clone_before, "the clone changed on the NFS server"
@@ -153,7 +130,7 @@ def test_qcow2_linked_clone_over_nfs_writes_stay_on_the_host(ws, rig):
         os.close(vm)
     assert gcrig.datastore_writes(agent.metrics()) == gcrig.NO_DATASTORE_WRITES
 
-    assert wait_closed(agent, CLONE) is None, agent.desktops()
+    assert gcrig.wait_desktop_closed(agent, CLONE) is None, agent.desktops()
     ok, out = qemu_io(clone, f"read -P 0xab 0 {AB_BYTES // MiB}M", readonly=True)
     assert ok, f"after the last close the clone should read as the template:\n{out}"
     assert over_nfs(rig, CLONE) == clone_before

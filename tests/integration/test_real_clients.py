@@ -2,7 +2,6 @@
 
 import re
 import shutil
-import subprocess
 
 import pytest
 
@@ -14,16 +13,11 @@ PATTERN = 0xAB
 PATTERN_BYTES = 4 * MiB  # the template starts with 4 MiB of 0xab, then random data
 
 
-def run(cmd, timeout=120):
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, check=False)
+run = gcrig.run_tool
 
 
 def qemu_io(path, *commands):
-    cmd = ["qemu-io", "-f", "raw", "-t", "none", "-r"]
-    for c in commands:
-        cmd += ["-c", c]
-    return run(cmd + [path])
+    return gcrig.qemu_io(path, *commands, fmt="raw", readonly=True)
 
 
 def parse_hexdump(output):
