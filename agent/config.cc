@@ -44,6 +44,8 @@ constexpr KeyInfo kAgentKeys[] = {
     {"cache.dir", "[cache] dir", "--cache-dir"},
     {"cache.size", "[cache] size", "--cache-size"},
     {"cache.chunk_size", "[cache] chunk_size", "--chunk-size"},
+    {"cache.read_cache", "[cache] read_cache", "--read-cache"},
+    {"cache.settle", "[cache] settle", "--settle"},
     {"overlay.ram_per_desktop", "[overlay] ram_per_desktop", "--overlay-ram"},
     {"overlay.ram_host", "[overlay] ram_host", "--overlay-ram-host"},
     {"overlay.reset", "[overlay] reset", "--reset"},
@@ -151,6 +153,12 @@ Result<std::chrono::milliseconds> TimeoutValue(std::string_view text) {
                              "a while (e.g. \"30s\")");
   }
   return v;
+}
+
+Result<bool> OnOffValue(std::string_view text) {
+  if (text == "on") return true;
+  if (text == "off") return false;
+  return Status::Error(Code::kInvalidArgument, Quote(text) + ": expected \"on\" or \"off\"");
 }
 
 constexpr unsigned kMaxConnections = 64;
@@ -595,7 +603,7 @@ void ReadDocument(TomlReader& r, const toml::table& root, AgentConfig& c) {
 
   const toml::table* cache = r.Table(root, "cache");
   if (cache) {
-    r.OnlyKnown(*cache, "[cache]", {"dir", "size", "chunk_size"});
+    r.OnlyKnown(*cache, "[cache]", {"dir", "size", "chunk_size", "read_cache", "settle"});
     if (!r.Read(*cache, "dir", "[cache] dir", "an absolute path", absolute_path, &c.cache.dir, o,
                 "cache.dir")) {
       r.Missing(*cache, "[cache] dir",
@@ -605,6 +613,10 @@ void ReadDocument(TomlReader& r, const toml::table& root, AgentConfig& c) {
            "cache.size");
     r.Read(*cache, "chunk_size", "[cache] chunk_size", "a size such as \"1MiB\"", ChunkSizeValue,
            &c.cache.chunk_size, o, "cache.chunk_size");
+    r.ReadBool(*cache, "read_cache", "[cache] read_cache", &c.cache.read_cache, o,
+               "cache.read_cache");
+    r.Read(*cache, "settle", "[cache] settle", "a duration such as \"10s\"", ParseDuration,
+           &c.cache.settle, o, "cache.settle");
   } else if (!root.contains("cache")) {
     r.Report(root.source(), "[cache] dir",
              "missing; add a [cache] table with dir = \"/var/lib/goldcache\" (the host-local "
@@ -697,6 +709,9 @@ void ApplyFlagValues(AgentConfig& c, const FlagOverrides& f, bool from_file, Pro
   FromFlag(f.cache_size, "--cache-size", SizeValue, &c.cache.size, o, "cache.size", p);
   FromFlag(f.chunk_size, "--chunk-size", ChunkSizeValue, &c.cache.chunk_size, o, "cache.chunk_size",
            p);
+  FromFlag(f.read_cache, "--read-cache", OnOffValue, &c.cache.read_cache, o, "cache.read_cache",
+           p);
+  FromFlag(f.settle, "--settle", ParseDuration, &c.cache.settle, o, "cache.settle", p);
   FromFlag(f.overlay_ram, "--overlay-ram", SizeValue, &c.overlay.ram_per_desktop, o,
            "overlay.ram_per_desktop", p);
   FromFlag(f.overlay_ram_host, "--overlay-ram-host", SizeValue, &c.overlay.ram_host, o,

@@ -8,6 +8,9 @@
 //   dir        = "/var/lib/goldcache"  # required, absolute
 //   size       = "10GiB"             # local disk budget: read cache + overlays' disk tier
 //   chunk_size = "1MiB"              # multiple of 4KiB, at most 64MiB
+//   read_cache = true                # false: every template read goes to the datastore
+//   settle     = "10s"               # a template changed less than this long ago is
+//                                    # served but not cached (it may still be being written)
 //
 //   [overlay]
 //   ram_per_desktop = "256MiB"
@@ -103,6 +106,13 @@ struct AgentConfig {
     std::string dir;
     uint64_t size = 10ull << 30;
     uint64_t chunk_size = 1ull << 20;
+    // Off: nothing is cached, every read of a template or a desktop's base
+    // goes to the datastore (the "no goldcache" baseline of bench/storm).
+    bool read_cache = true;
+    // A generation whose ctime or mtime is younger than this may still be
+    // being written (an in-place rewrite keeps the mtime it got when the
+    // write started): it is served uncached and bypasses the page cache.
+    std::chrono::milliseconds settle{std::chrono::seconds(10)};
   } cache;
   struct Overlay {
     uint64_t ram_per_desktop = 256ull << 20;
@@ -124,7 +134,7 @@ struct AgentConfig {
 
   // The config file, or "" when the config came from the command line alone.
   std::string file;
-  // Keys: "cache.dir", "cache.size", "cache.chunk_size",
+  // Keys: "cache.dir", "cache.size", "cache.chunk_size", "cache.read_cache", "cache.settle",
   // "overlay.ram_per_desktop", "overlay.ram_host", "overlay.reset",
   // "stats.listen", "stats.allow_non_loopback", "control.socket",
   // "control.group", "logging.level".
@@ -149,6 +159,8 @@ struct FlagOverrides {
   std::optional<std::string> cache_dir;              // --cache-dir
   std::optional<std::string> cache_size;             // --cache-size
   std::optional<std::string> chunk_size;             // --chunk-size
+  std::optional<std::string> read_cache;             // --read-cache on|off
+  std::optional<std::string> settle;                 // --settle
   std::vector<Rule> rules;                           // --template/--nonpersistent, in order
   std::optional<std::string> overlay_ram;            // --overlay-ram
   std::optional<std::string> overlay_ram_host;       // --overlay-ram-host

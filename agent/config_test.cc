@@ -176,6 +176,8 @@ TEST(ConfigTest, OmittedKeysTakeTheAgentsDefaults) {
   AgentConfig c = MustParse(Join(BaseLines()));
   EXPECT_EQ(c.cache.size, 10ull << 30);
   EXPECT_EQ(c.cache.chunk_size, 1u << 20);
+  EXPECT_TRUE(c.cache.read_cache);
+  EXPECT_EQ(c.cache.settle, std::chrono::seconds(10));
   EXPECT_EQ(c.overlay.ram_per_desktop, 256u << 20);
   EXPECT_EQ(c.overlay.ram_host, 4ull << 30);
   EXPECT_EQ(c.overlay.reset, OverlayReset::kOnLastClose);
@@ -480,6 +482,30 @@ TEST(ConfigFlagsTest, FlagsReplaceFileValues) {
   ASSERT_EQ(c.datastores[0].rules.size(), 1u);
   EXPECT_EQ(c.datastores[0].rules[0].glob, "gold/**");
   EXPECT_EQ(c.Where("cache.dir"), At(2) + "1: [cache] dir");
+}
+
+TEST(ConfigTest, ReadCacheAndSettleAreRead) {
+  AgentConfig c = MustParse(BaseWith(3, "read_cache = false"));
+  EXPECT_FALSE(c.cache.read_cache);
+  c = MustParse(BaseWith(3, "settle = \"2s\""));
+  EXPECT_EQ(c.cache.settle, std::chrono::seconds(2));
+  EXPECT_THAT(ErrorOf(BaseWith(3, "read_cache = \"off\"")), HasSubstr("[cache] read_cache: "));
+  EXPECT_THAT(ErrorOf(BaseWith(3, "settle = \"soon\"")), HasSubstr("[cache] settle: "));
+}
+
+TEST(ConfigFlagsTest, ReadCacheFlagTakesOnOrOff) {
+  FlagOverrides f = MinimalFlags();
+  f.read_cache = "off";
+  f.settle = "0s";
+  auto c = ConfigFromFlags(f);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_FALSE(c->cache.read_cache);
+  EXPECT_EQ(c->cache.settle.count(), 0);
+  EXPECT_EQ(c->Where("cache.read_cache"), "--read-cache");
+  f.read_cache = "no";
+  c = ConfigFromFlags(f);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("--read-cache: "));
 }
 
 TEST(ConfigFlagsTest, FlagsAreCheckedAgainstTheFile) {

@@ -132,7 +132,8 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
 
   // Reads through the chunk cache, counting where the bytes came from.
   Result<cache::ReadOutcome> Read(uint64_t offset, std::span<char> buf) {
-    auto r = fs_.cache_.Read(gen_, key_.size, offset, buf, *this);
+    auto r = fs_.read_cache_ ? fs_.cache_.Read(gen_, key_.size, offset, buf, *this)
+                             : ReadUncached(offset, buf);
     if (!r.ok()) {
       Counters& c = *fs_.counters_;
       (r.status().code() == Code::kStale ? c.stale_reads : c.read_errors).Add();
@@ -140,6 +141,14 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
                     r.status().ToString());
     }
     return r;
+  }
+
+  // The read cache is off: straight from the datastore, within the generation.
+  Result<cache::ReadOutcome> ReadUncached(uint64_t offset, std::span<char> buf) {
+    if (offset >= key_.size) return cache::ReadOutcome{};
+    auto n = ReadAt(offset, buf.first(std::min<uint64_t>(buf.size(), key_.size - offset)));
+    if (!n.ok()) return n.status();
+    return cache::ReadOutcome{*n, *n};
   }
 
   // What the datastore said at open: a handle's view is its generation, and
@@ -314,13 +323,14 @@ class DatastoreFs::PassthroughFile : public fuse::OpenFile {
 
 DatastoreFs::DatastoreFs(std::string name, backing::Backing& backing, RuleSet rules,
                          cache::ChunkCache& cache, overlay::OverlayStore& overlays,
-                         ResetPolicy reset, metrics::Registry& registry)
+                         const Options& options, metrics::Registry& registry)
     : name_(std::move(name)),
       backing_(backing),
       rules_(std::move(rules)),
       cache_(cache),
       overlays_(overlays),
-      reset_policy_(reset),
+      reset_policy_(options.reset),
+      read_cache_(options.read_cache),
       counters_(std::make_unique<Counters>(registry)) {}
 
 DatastoreFs::~DatastoreFs() = default;

@@ -63,9 +63,16 @@ class DatastoreFs : public fuse::FileSystem {
   // stable across restarts for the cache to be reused. All references must
   // outlive this object.
   enum class ResetPolicy { kOnLastClose, kManual };
+  struct Options {
+    ResetPolicy reset = ResetPolicy::kOnLastClose;
+    // False: reads of templates and desktops' bases go to the datastore
+    // every time, never through the chunk cache (a baseline for benchmarks).
+    bool read_cache = true;
+  };
 
   DatastoreFs(std::string name, backing::Backing& backing, RuleSet rules, cache::ChunkCache& cache,
-              overlay::OverlayStore& overlays, ResetPolicy reset, metrics::Registry& registry);
+              overlay::OverlayStore& overlays, const Options& options,
+              metrics::Registry& registry);
   ~DatastoreFs() override;
 
   Result<struct stat> GetAttr(const std::string& path) override;
@@ -157,6 +164,7 @@ class DatastoreFs : public fuse::FileSystem {
   cache::ChunkCache& cache_;
   overlay::OverlayStore& overlays_;
   const ResetPolicy reset_policy_;
+  const bool read_cache_;
   std::unique_ptr<Counters> counters_;
 
   mutable std::mutex mu_;                             // lock order: mu_ before any Desktop::mu

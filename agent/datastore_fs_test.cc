@@ -58,7 +58,7 @@ class DatastoreFsTest : public ::testing::Test {
     oo.registry = &registry_;
     overlays_ = std::move(overlay::OverlayStore::Open(oo)).value();
     fs_ = std::make_unique<DatastoreFs>("ds", *backing_, std::move(rules).value(), *cache_,
-                                        *overlays_, DatastoreFs::ResetPolicy::kOnLastClose,
+                                        *overlays_, DatastoreFs::Options{},
                                         registry_);
   }
   void TearDown() override {

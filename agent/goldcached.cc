@@ -291,9 +291,14 @@ int Serve(const AgentConfig& config) {
 
   std::vector<Datastore> datastores;
   datastores.reserve(config.datastores.size());
-  auto reset = config.overlay.reset == OverlayReset::kManual
-                   ? DatastoreFs::ResetPolicy::kManual
-                   : DatastoreFs::ResetPolicy::kOnLastClose;
+  DatastoreFs::Options fs_options;
+  fs_options.reset = config.overlay.reset == OverlayReset::kManual
+                         ? DatastoreFs::ResetPolicy::kManual
+                         : DatastoreFs::ResetPolicy::kOnLastClose;
+  fs_options.read_cache = config.cache.read_cache;
+  if (!config.cache.read_cache) {
+    spdlog::warn("read cache off: every template read goes to the datastore");
+  }
   for (const DatastoreConfig& dc : config.datastores) {
     Datastore ds{dc, "", nullptr, nullptr, nullptr};
     auto opened = OpenDatastore(dc, ds.identity);
@@ -303,7 +308,7 @@ int Serve(const AgentConfig& config) {
     auto rules = RuleSet::Create(dc.rules);
     if (!rules.ok()) return Fail(dc.Where("rule") + ": " + rules.status().message());
     ds.fs = std::make_unique<DatastoreFs>(ds.identity, *ds.backing, std::move(rules).value(),
-                                          **cache, **overlays, reset, registry);
+                                          **cache, **overlays, fs_options, registry);
     datastores.push_back(std::move(ds));
   }
   Agent agent{config, **cache, **overlays, datastores, registry};
@@ -436,6 +441,12 @@ int main(int argc, char** argv) {
          "Glob of non-persistent desktop disks: writes stay on this host; repeatable")
       ->trigger_on_parse()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  opt("--read-cache", flags.read_cache,
+      "on (default) or off: off sends every template read to the datastore, caching nothing "
+      "(a baseline to compare with)");
+  opt("--settle", flags.settle,
+      "A template changed on the datastore less than this long ago is served but not cached, "
+      "since it may still be being written (default 10s)");
   opt("--overlay-ram", flags.overlay_ram,
       "RAM for one nonpersistent desktop's writes before they spill to local disk "
       "(default 256MiB)");

@@ -44,3 +44,15 @@ def test_second_storm_is_served_from_cache(ws, make_template):
     from_cache = (after.value("goldcache_read_bytes_total", source="cache")
                   - before.value("goldcache_read_bytes_total", source="cache"))
     assert from_cache == len(gcrig.STORM_READERS) * t.size
+
+
+def test_read_cache_off_sends_every_read_to_the_datastore(ws, make_template):
+    # The "no goldcache" baseline of bench/storm: nothing is cached.
+    t = make_template("templates/win11.img", 16 * MiB, seed=4)
+    agent = ws.agent(extra_args=["--read-cache", "off"]).start()
+    for _ in range(2):
+        gcrig.assert_same_content(gcrig.read_all_direct(t.mnt_path, t.size), t.data, "read")
+    m = agent.metrics()
+    assert m.value("goldcache_datastore_read_bytes_total") >= 2 * t.size
+    assert m.value("goldcache_read_bytes_total", source="datastore") == 2 * t.size
+    assert m.value("goldcache_cache_used_bytes") == 0
