@@ -203,6 +203,8 @@ TEST(ConfigTest, ShippedDefaultConfigIsValid) {
   AgentConfig defaults = MustParse(Join(BaseLines()));
   EXPECT_EQ(c->cache.size, defaults.cache.size);
   EXPECT_EQ(c->cache.chunk_size, defaults.cache.chunk_size);
+  EXPECT_EQ(c->cache.settle, defaults.cache.settle);
+  EXPECT_EQ(c->cache.read_cache, defaults.cache.read_cache);
   EXPECT_EQ(c->overlay.ram_per_desktop, defaults.overlay.ram_per_desktop);
   EXPECT_EQ(c->overlay.ram_host, defaults.overlay.ram_host);
   EXPECT_EQ(c->overlay.reset, defaults.overlay.reset);

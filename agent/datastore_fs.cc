@@ -61,6 +61,10 @@ struct DatastoreFs::Counters {
         read_errors(r.GetCounter("goldcache_errors_total", "Errors by kind.", {{"kind", "read"}})),
         readonly_refusals(r.GetCounter("goldcache_readonly_refusals_total",
                                        "Changes refused (EROFS) because of a file's role.")),
+        release_waits(r.GetCounter(
+            "goldcache_desktop_release_waits_total",
+            "Opens of a desktop whose every descriptor was closed, which waited for the "
+            "kernel's release of that session so as to start a pristine one.")),
         outage_attrs(r.GetCounter(
             "goldcache_datastore_outage_fallbacks_total",
             "Requests answered from what goldcache knew while the datastore timed out.",
@@ -81,6 +85,7 @@ struct DatastoreFs::Counters {
   metrics::Counter& stale_reads;
   metrics::Counter& read_errors;
   metrics::Counter& readonly_refusals;
+  metrics::Counter& release_waits;
   metrics::Counter& outage_attrs;
   metrics::Counter& outage_opens;
 };
@@ -130,6 +135,24 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
     return n;
   }
 
+  bool Cacheable() override {
+    if (settled_.load(std::memory_order_relaxed)) return true;
+    if (fs_.Settled(key_)) {
+      settled_.store(true, std::memory_order_relaxed);
+      return true;
+    }
+    std::lock_guard lock(fs_.mu_);
+    auto& reported = fs_.paths_[path_].unsettled_reported;
+    if (reported != gen_) {
+      reported = gen_;
+      spdlog::info(
+          "{}: changed on the datastore less than {} ms ago (generation {}); it may still be "
+          "being written, so its reads are not cached until it is that old",
+          path_, fs_.settle_.count(), gen_);
+    }
+    return false;
+  }
+
   // Reads through the chunk cache, counting where the bytes came from.
   Result<cache::ReadOutcome> Read(uint64_t offset, std::span<char> buf) {
     auto r = fs_.read_cache_ ? fs_.cache_.Read(gen_, key_.size, offset, buf, *this)
@@ -156,6 +179,7 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
   Result<struct stat> Stat() const { return attr_; }
   uint64_t size() const { return key_.size; }
   index::GenerationId generation() const { return gen_; }
+  const index::GenerationKey& key() const { return key_; }
 
  private:
   DatastoreFs& fs_;
@@ -166,6 +190,7 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
   std::mutex file_mu_;
   std::unique_ptr<backing::BackingFile> file_;  // GUARDED_BY(file_mu_); null until needed
   std::atomic<bool> reported_change_{false};
+  std::atomic<bool> settled_{false};  // once settled, always settled
 };
 
 // A template: datastore content of one generation, read through the chunk
@@ -173,11 +198,11 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
 class DatastoreFs::CachedFile : public fuse::OpenFile {
  public:
   CachedFile(DatastoreFs& fs, std::string path, std::unique_ptr<GenerationSource> source,
-             bool keep_cache, std::shared_ptr<ReadCounts> reads)
+             fuse::PageCache page_cache, std::shared_ptr<ReadCounts> reads)
       : fs_(fs),
         path_(std::move(path)),
         source_(std::move(source)),
-        keep_cache_(keep_cache),
+        page_cache_(page_cache),
         reads_(std::move(reads)) {}
 
   Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
@@ -197,8 +222,10 @@ class DatastoreFs::CachedFile : public fuse::OpenFile {
   Status Fallocate(int, uint64_t, uint64_t) override { return ReadOnly(); }
   Status Truncate(uint64_t) override { return ReadOnly(); }
   Result<struct stat> Stat() override { return source_->Stat(); }
-  bool KeepCache() const override { return keep_cache_; }
-  void Release() override { fs_.OnCachedFileClosed(path_, source_->generation()); }
+  fuse::PageCache PageCachePolicy() const override { return page_cache_; }
+  void Release() override {
+    fs_.OnCachedFileClosed(path_, source_->generation(), page_cache_ != fuse::PageCache::kBypass);
+  }
 
  private:
   Status ReadOnly() { return fs_.ReadOnly(path_, "a template"); }
@@ -206,7 +233,7 @@ class DatastoreFs::CachedFile : public fuse::OpenFile {
   DatastoreFs& fs_;
   const std::string path_;
   const std::unique_ptr<GenerationSource> source_;
-  const bool keep_cache_;
+  const fuse::PageCache page_cache_;
   const std::shared_ptr<ReadCounts> reads_;
 };
 
@@ -218,14 +245,19 @@ struct DatastoreFs::Desktop {
   std::unique_ptr<overlay::Overlay> overlay;
   struct stat attr {};   // GUARDED_BY(DatastoreFs::mu_); st_size comes from the overlay
   int open_handles = 0;  // GUARDED_BY(DatastoreFs::mu_)
+  // Handles whose descriptor was closed (FLUSH) with no IO since: when it
+  // is all of them, their RELEASE is on its way.
+  int idle_handles = 0;    // GUARDED_BY(DatastoreFs::mu_)
+  bool discarded = false;  // GUARDED_BY(DatastoreFs::mu_): left desktops_, overlay gone
 };
 
 class DatastoreFs::DesktopFile : public fuse::OpenFile {
  public:
-  DesktopFile(DatastoreFs& fs, std::shared_ptr<Desktop> desktop)
-      : fs_(fs), d_(std::move(desktop)) {}
+  DesktopFile(DatastoreFs& fs, std::shared_ptr<Desktop> desktop, fuse::PageCache page_cache)
+      : fs_(fs), d_(std::move(desktop)), page_cache_(page_cache) {}
 
   Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
+    MarkActive();
     auto start = std::chrono::steady_clock::now();
     // The base under the overlay: the datastore file through the chunk cache.
     struct Base : overlay::BaseReader {
@@ -251,12 +283,17 @@ class DatastoreFs::DesktopFile : public fuse::OpenFile {
     return n;
   }
   Result<size_t> Write(uint64_t offset, std::span<const char> buf) override {
+    MarkActive();
     GC_RETURN_IF_ERROR(d_->overlay->Write(offset, buf));
     return buf.size();
   }
   // Non-persistent by contract: in the overlay is as durable as it gets.
-  Status Fsync(bool) override { return Status::Ok(); }
+  Status Fsync(bool) override {
+    MarkActive();
+    return Status::Ok();
+  }
   Status Fallocate(int mode, uint64_t offset, uint64_t length) override {
+    MarkActive();
     const uint64_t end = offset + length;
     const bool keep_size = mode & FALLOC_FL_KEEP_SIZE;
     switch (mode & ~FALLOC_FL_KEEP_SIZE) {
@@ -278,16 +315,39 @@ class DatastoreFs::DesktopFile : public fuse::OpenFile {
     std::lock_guard lock(fs_.mu_);
     return DesktopAttr(*d_);
   }
-  Status Truncate(uint64_t size) override { return d_->overlay->Truncate(size); }
-  // Page-cache contents from before a reset must not survive it.
-  bool KeepCache() const override { return false; }
-  void Release() override { fs_.OnDesktopClosed(d_); }
+  Status Truncate(uint64_t size) override {
+    MarkActive();
+    return d_->overlay->Truncate(size);
+  }
+  // A new session drops what the kernel cached of an earlier one; handles
+  // joining a session share its pages (writes are not cached in the kernel).
+  fuse::PageCache PageCachePolicy() const override { return page_cache_; }
+  Status Flush() override {
+    std::lock_guard lock(fs_.mu_);
+    if (!idle_.exchange(true)) ++d_->idle_handles;
+    fs_.desktop_cv_.notify_all();
+    return Status::Ok();
+  }
+  void Release() override { fs_.OnDesktopClosed(d_, idle_.load()); }
 
   const std::shared_ptr<Desktop>& desktop() const { return d_; }
 
  private:
+  // IO on a handle whose descriptor was closed: it lives on elsewhere
+  // (a dup, a fork), so its session is not closing.
+  void MarkActive() {
+    if (!idle_.load(std::memory_order_acquire)) return;
+    std::lock_guard lock(fs_.mu_);
+    if (idle_.exchange(false)) {
+      --d_->idle_handles;
+      fs_.desktop_cv_.notify_all();
+    }
+  }
+
   DatastoreFs& fs_;
   const std::shared_ptr<Desktop> d_;
+  const fuse::PageCache page_cache_;
+  std::atomic<bool> idle_{false};  // changes under fs_.mu_; read without it
 };
 
 // Everything else: the datastore file itself.
@@ -313,7 +373,9 @@ class DatastoreFs::PassthroughFile : public fuse::OpenFile {
   }
   Result<struct stat> Stat() override { return file_->Stat(); }
   Status Truncate(uint64_t size) override { return file_->Truncate(size); }
-  bool KeepCache() const override { return false; }
+  fuse::PageCache PageCachePolicy() const override { return fuse::PageCache::kDrop; }
+  // Persistent data: close(2) reports what the datastore reports.
+  Status Flush() override { return file_->Flush(); }
   void Release() override {}
 
  private:
@@ -331,9 +393,29 @@ DatastoreFs::DatastoreFs(std::string name, backing::Backing& backing, RuleSet ru
       overlays_(overlays),
       reset_policy_(options.reset),
       read_cache_(options.read_cache),
+      settle_(options.settle),
       counters_(std::make_unique<Counters>(registry)) {}
 
 DatastoreFs::~DatastoreFs() = default;
+
+void DatastoreFs::AttachKernelCache(fuse::KernelCache* kernel) {
+  std::unique_lock lock(kernel_mu_);
+  kernel_ = kernel;
+}
+
+void DatastoreFs::InvalidateKernel(const std::string& path) {
+  std::shared_lock lock(kernel_mu_);
+  if (kernel_ != nullptr) kernel_->InvalidateFile(path);
+}
+
+bool DatastoreFs::Settled(const index::GenerationKey& key) const {
+  if (settle_.count() == 0) return true;
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  const int64_t now_ns = int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
+  const int64_t changed_ns = std::max(key.mtime_ns, key.ctime_ns);
+  return now_ns - changed_ns >= std::chrono::nanoseconds(settle_).count();
+}
 
 Status DatastoreFs::ReadOnly(const std::string& path, const char* why) const {
   counters_->readonly_refusals.Add();
@@ -503,13 +585,13 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
   auto source = OpenGeneration(path);
   if (!source.ok()) return source.status();
   const index::GenerationId gen = (*source)->generation();
-  bool keep_cache = true;
+  const bool settled = !read_cache_ || Settled((*source)->key());
+  fuse::PageCache page_cache;
   std::shared_ptr<ReadCounts> reads;
   {
     std::lock_guard lock(mu_);
     PathState& ps = paths_[path];
     if (ps.current != 0 && ps.current != gen) {
-      keep_cache = false;  // the kernel may hold pages of the previous generation
       for (const auto& [old, handles] : ps.open_handles) {
         if (old == gen || handles <= 0) continue;
         counters_->changed_while_open.Add();
@@ -519,76 +601,125 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
             path, handles, old, gen);
       }
     }
+    bool other_generation_cached = false;
+    for (const auto& [other, handles] : ps.page_cache_handles) {
+      if (other != gen && handles > 0) other_generation_cached = true;
+    }
+    if (!settled || other_generation_cached) {
+      // The page cache is the file's, not the generation's: while it may
+      // hold another generation's pages (or this one is still being
+      // written), this handle reads around it.
+      page_cache = fuse::PageCache::kBypass;
+    } else if (ps.page_cache_gen == gen) {
+      page_cache = fuse::PageCache::kKeep;
+    } else {
+      page_cache = fuse::PageCache::kDrop;
+      ps.page_cache_gen = gen;
+    }
+    if (page_cache != fuse::PageCache::kBypass) ++ps.page_cache_handles[gen];
     ps.current = gen;
     ps.size = (*source)->size();
     ++ps.open_handles[gen];
     reads = ps.reads;
   }
   return std::unique_ptr<fuse::OpenFile>(
-      new CachedFile(*this, path, std::move(source).value(), keep_cache, std::move(reads)));
+      new CachedFile(*this, path, std::move(source).value(), page_cache, std::move(reads)));
 }
 
-void DatastoreFs::OnCachedFileClosed(const std::string& path, index::GenerationId gen) {
+void DatastoreFs::OnCachedFileClosed(const std::string& path, index::GenerationId gen,
+                                     bool used_page_cache) {
   std::lock_guard lock(mu_);
   auto it = paths_.find(path);
   if (it == paths_.end()) return;
   if (--it->second.open_handles[gen] <= 0) it->second.open_handles.erase(gen);
+  if (used_page_cache && --it->second.page_cache_handles[gen] <= 0) {
+    it->second.page_cache_handles.erase(gen);
+  }
+}
+
+Result<std::shared_ptr<DatastoreFs::Desktop>> DatastoreFs::NewDesktop(
+    const std::string& path, bool exclusive, std::optional<mode_t> create_mode) {
+  std::unique_ptr<GenerationSource> base;
+  struct stat attr {};
+  auto st = backing_.Stat(path);
+  if (st.ok()) {
+    if (exclusive) return Status::Error(Code::kExists, path + " exists");
+    auto source = OpenGeneration(path);
+    if (!source.ok()) return source.status();
+    base = std::move(source).value();
+    attr = *st;
+  } else if (st.status().code() != Code::kNotFound || !create_mode) {
+    return st.status();
+  } else {
+    const auto now = std::chrono::system_clock::now().time_since_epoch();
+    const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now);
+    attr.st_mode = S_IFREG | (*create_mode & 07777);
+    attr.st_nlink = 1;
+    attr.st_uid = getuid();
+    attr.st_gid = getgid();
+    attr.st_blksize = 4096;
+    attr.st_atim = attr.st_mtim =
+        attr.st_ctim = {secs.count(), static_cast<long>((now - secs).count() % 1'000'000'000)};
+  }
+  auto d = std::make_shared<Desktop>();
+  d->path = path;
+  d->local_only = base == nullptr;
+  d->overlay = overlays_.Create(path, base ? base->size() : 0);
+  d->base = std::move(base);
+  d->attr = attr;
+  return d;
 }
 
 Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenDesktop(
     const std::string& path, int flags, std::optional<mode_t> create_mode) {
   const bool exclusive = create_mode && (flags & O_EXCL);
-  std::shared_ptr<Desktop> d = FindDesktop(path);
-  if (!d) {
-    // Not live yet: find out what is on the datastore, outside the lock.
-    std::unique_ptr<GenerationSource> base;
-    struct stat attr {};
-    auto st = backing_.Stat(path);
-    if (st.ok()) {
-      if (exclusive) return Status::Error(Code::kExists, path + " exists");
-      auto source = OpenGeneration(path);
-      if (!source.ok()) return source.status();
-      base = std::move(source).value();
-      attr = *st;
-    } else if (st.status().code() != Code::kNotFound || !create_mode) {
-      return st.status();
-    } else {
-      const auto now = std::chrono::system_clock::now().time_since_epoch();
-      const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now);
-      attr.st_mode = S_IFREG | (*create_mode & 07777);
-      attr.st_nlink = 1;
-      attr.st_uid = getuid();
-      attr.st_gid = getgid();
-      attr.st_blksize = 4096;
-      attr.st_atim = attr.st_mtim =
-          attr.st_ctim = {secs.count(), static_cast<long>((now - secs).count() % 1'000'000'000)};
-    }
-    std::lock_guard lock(mu_);
-    if (auto it = desktops_.find(path); it != desktops_.end()) {
-      d = it->second;  // another open won the race; ours is dropped
-    } else {
-      d = std::make_shared<Desktop>();
-      d->path = path;
-      d->local_only = base == nullptr;
-      d->overlay = overlays_.Create(path, base ? base->size() : 0);
-      d->base = std::move(base);
-      d->attr = attr;
-      if (d->local_only) {
-        // Own inode numbers, apart from the datastore's (st_dev 0).
-        d->attr.st_dev = 0;
-        d->attr.st_ino = (uint64_t{1} << 62) | next_local_ino_++;
-        spdlog::info("{}: created on this host only (nonpersistent area)", path);
+  std::shared_ptr<Desktop> d;
+  bool fresh = false;
+  std::shared_ptr<Desktop> made;  // our new session, if no live one is found
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      auto it = desktops_.find(path);
+      if (it != desktops_.end() && reset_policy_ == ResetPolicy::kOnLastClose &&
+          !it->second->local_only && it->second->open_handles > 0 &&
+          it->second->idle_handles == it->second->open_handles) {
+        // Every descriptor of the session was closed: this is the next boot
+        // arriving before the kernel's RELEASE of the last one.
+        std::shared_ptr<Desktop> closing = it->second;
+        counters_->release_waits.Add();
+        desktop_cv_.wait_for(lock, kReleaseWait, [&] {
+          return closing->discarded || closing->idle_handles < closing->open_handles;
+        });
+        it = desktops_.find(path);
       }
-      desktops_.emplace(path, d);
+      if (it != desktops_.end()) {
+        if (exclusive) return Status::Error(Code::kExists, path + " exists");
+        d = it->second;
+        ++d->open_handles;
+        break;
+      }
+      if (made) {
+        d = std::move(made);
+        if (d->local_only) {
+          // Own inode numbers, apart from the datastore's (st_dev 0).
+          d->attr.st_dev = 0;
+          d->attr.st_ino = (uint64_t{1} << 62) | next_local_ino_++;
+          spdlog::info("{}: created on this host only (nonpersistent area)", path);
+        }
+        desktops_.emplace(path, d);
+        ++d->open_handles;
+        fresh = true;
+        break;
+      }
     }
-  } else if (exclusive) {
-    return Status::Error(Code::kExists, path + " exists");
+    // Not live: find out what is on the datastore, outside the lock, then
+    // look again (another open may have made the session meanwhile).
+    auto nd = NewDesktop(path, exclusive, create_mode);
+    if (!nd.ok()) return nd.status();
+    made = std::move(nd).value();
   }
-  {
-    std::lock_guard lock(mu_);
-    ++d->open_handles;
-  }
-  auto file = std::make_unique<DesktopFile>(*this, d);
+  auto file = std::make_unique<DesktopFile>(
+      *this, d, fresh ? fuse::PageCache::kDrop : fuse::PageCache::kKeep);
   if (flags & O_TRUNC) {
     Status st = d->overlay->Truncate(0);
     if (!st.ok()) {
@@ -599,10 +730,12 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenDesktop(
   return std::unique_ptr<fuse::OpenFile>(std::move(file));
 }
 
-void DatastoreFs::OnDesktopClosed(const std::shared_ptr<Desktop>& d) {
-  std::shared_ptr<Desktop> discarded;  // destroyed outside the lock: it frees disk space
+void DatastoreFs::OnDesktopClosed(const std::shared_ptr<Desktop>& d, bool was_idle) {
+  std::shared_ptr<Desktop> discarded;
   {
     std::lock_guard lock(mu_);
+    if (was_idle) --d->idle_handles;
+    desktop_cv_.notify_all();
     if (--d->open_handles > 0 || d->local_only || reset_policy_ != ResetPolicy::kOnLastClose) {
       return;
     }
@@ -614,8 +747,25 @@ void DatastoreFs::OnDesktopClosed(const std::shared_ptr<Desktop>& d) {
   counters_->desktop_resets.Add();
   spdlog::info("{}: last handle closed: overlay discarded ({} bytes in RAM, {} on disk)",
                discarded->path, discarded->overlay->ram_bytes(), discarded->overlay->disk_bytes());
+  DiscardSession(discarded);
+}
+
+void DatastoreFs::DiscardSession(const std::shared_ptr<Desktop>& d) {
   // Space comes back now, not when the last reference to the handle goes.
-  discarded->overlay->Reset();
+  d->overlay->Reset();
+  std::string path;
+  {
+    std::lock_guard lock(mu_);
+    path = d->path;
+  }
+  // Before any open that waits for this reset goes on: it must see the
+  // datastore file's size and bytes, not what the kernel cached.
+  InvalidateKernel(path);
+  {
+    std::lock_guard lock(mu_);
+    d->discarded = true;
+  }
+  desktop_cv_.notify_all();
 }
 
 Status DatastoreFs::Reset(const std::string& path, bool force) {
@@ -640,7 +790,11 @@ Status DatastoreFs::Reset(const std::string& path, bool force) {
       desktops_.erase(it);
     }
   }
-  if (discarded) discarded->overlay->Reset();
+  if (discarded) {
+    DiscardSession(discarded);
+  } else {
+    InvalidateKernel(path);
+  }
   counters_->desktop_manual_resets.Add();
   spdlog::info("{}: reset by command{}", path, force ? " (forced)" : "");
   return Status::Ok();

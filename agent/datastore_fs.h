@@ -11,9 +11,18 @@
 // read-only: this room has no way to write them (invariant 4).
 //
 // Nonpersistent details (docs/operations.md has the operator's view):
-//  - All open handles of one path share one overlay. With reset policy
-//    kOnLastClose the overlay of a datastore file is discarded when its last
-//    handle closes ("the VM shut down"); with kManual it stays until Reset().
+//  - All open handles of one path share one overlay (a session). With reset
+//    policy kOnLastClose the overlay of a datastore file is discarded when
+//    its last handle closes ("the VM shut down"); with kManual it stays until
+//    Reset(). A reset is immediate (invariant 8): the kernel's cached
+//    attributes and pages of the file are dropped before the next open is
+//    answered. The kernel sends a handle's RELEASE after close(2) returned,
+//    so a VM restarted at once can open the file again while the old
+//    session still counts as open: when every handle of the session has had
+//    its descriptor closed (FLUSH) with no IO since, the open waits (at most
+//    kReleaseWait) for their release and starts a new session; a handle that
+//    is still in use elsewhere (dup, fork, mmap) shows it by its IO, or by
+//    outliving the wait, and the open joins it.
 //  - Files created in a nonpersistent area exist only on this host: they
 //    survive close, can be renamed and unlinked, and are gone on Reset() or
 //    unlink. They are listed in their directory alongside datastore entries.
@@ -30,6 +39,18 @@
 // that handle fail with EIO (kStale) rather than mix two generations, and the
 // change is logged and counted.
 //
+// Settling: a file rewritten in place keeps the mtime its write got when it
+// started, so a generation whose ctime or mtime is younger than
+// Options::settle may still be being written: its reads go to the datastore
+// and are not cached (the chunk cache, and the kernel's page cache: its
+// handles bypass it), until the generation is that old.
+//
+// The kernel's page cache is shared by every handle of a file, whatever
+// generation each serves. A template handle uses it only while no handle of
+// another generation does (otherwise it bypasses it), and the first handle of
+// a generation other than the one whose pages the kernel may hold drops
+// them first (fuse::PageCache).
+//
 // Datastore outage (invariant 6): when the datastore does not answer in
 // time, lookups of templates and directories are answered from the
 // attributes last seen, and a template opens as its last known generation
@@ -41,9 +62,12 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -68,11 +92,15 @@ class DatastoreFs : public fuse::FileSystem {
     // False: reads of templates and desktops' bases go to the datastore
     // every time, never through the chunk cache (a baseline for benchmarks).
     bool read_cache = true;
+    // See "Settling" above.
+    std::chrono::milliseconds settle{std::chrono::seconds(10)};
   };
+  // How long an open waits for the release of a session whose every handle
+  // was closed (see the nonpersistent details above).
+  static constexpr std::chrono::milliseconds kReleaseWait{2000};
 
   DatastoreFs(std::string name, backing::Backing& backing, RuleSet rules, cache::ChunkCache& cache,
-              overlay::OverlayStore& overlays, const Options& options,
-              metrics::Registry& registry);
+              overlay::OverlayStore& overlays, const Options& options, metrics::Registry& registry);
   ~DatastoreFs() override;
 
   Result<struct stat> GetAttr(const std::string& path) override;
@@ -90,6 +118,7 @@ class DatastoreFs : public fuse::FileSystem {
   Result<struct stat> SetAttr(const std::string& path, const fuse::SetAttrRequest& req,
                               fuse::OpenFile* file) override;
   Result<struct statvfs> StatFs() override;
+  void AttachKernelCache(fuse::KernelCache* kernel) override;
 
   // Discards the overlay of nonpersistent file `path` (datastore-relative):
   // the next open reads the pristine datastore file; a file created on this
@@ -138,6 +167,11 @@ class DatastoreFs : public fuse::FileSystem {
     uint64_t size = 0;                // of that generation
     std::shared_ptr<ReadCounts> reads = std::make_shared<ReadCounts>();
     std::unordered_map<index::GenerationId, int> open_handles;
+    // Generation whose pages the kernel's page cache may hold (0: none), and
+    // the open handles of each generation that use the page cache.
+    index::GenerationId page_cache_gen = 0;
+    std::unordered_map<index::GenerationId, int> page_cache_handles;
+    index::GenerationId unsettled_reported = 0;  // logged once per generation
   };
 
   // kReadOnly unless the path is passthrough: the role forbids changes.
@@ -151,10 +185,21 @@ class DatastoreFs : public fuse::FileSystem {
   Result<struct stat> StatWithFallback(const std::string& path);
   std::optional<struct stat> LastKnownAttr(const std::string& path) const;
   Result<std::unique_ptr<fuse::OpenFile>> OpenCached(const std::string& path, int flags);
-  void OnCachedFileClosed(const std::string& path, index::GenerationId gen);
+  void OnCachedFileClosed(const std::string& path, index::GenerationId gen, bool used_page_cache);
   Result<std::unique_ptr<fuse::OpenFile>> OpenDesktop(const std::string& path, int flags,
                                                       std::optional<mode_t> create_mode);
-  void OnDesktopClosed(const std::shared_ptr<Desktop>& desktop);
+  // A new session for `path` (outside mu_: asks the datastore), or the
+  // status that says why there is none.
+  Result<std::shared_ptr<Desktop>> NewDesktop(const std::string& path, bool exclusive,
+                                              std::optional<mode_t> create_mode);
+  void OnDesktopClosed(const std::shared_ptr<Desktop>& desktop, bool was_idle);
+  // Ends a session that left desktops_: its overlay goes, the kernel forgets
+  // what it cached of the file, and waiting opens go on.
+  void DiscardSession(const std::shared_ptr<Desktop>& desktop);
+  // fuse::KernelCache::InvalidateFile, if a mount is attached.
+  void InvalidateKernel(const std::string& path);
+  // True when the generation's ctime and mtime are older than the settle time.
+  bool Settled(const index::GenerationKey& key) const;
   std::shared_ptr<Desktop> FindDesktop(const std::string& path) const;
   static struct stat DesktopAttr(const Desktop& d);
 
@@ -165,9 +210,13 @@ class DatastoreFs : public fuse::FileSystem {
   overlay::OverlayStore& overlays_;
   const ResetPolicy reset_policy_;
   const bool read_cache_;
+  const std::chrono::milliseconds settle_;
+  std::shared_mutex kernel_mu_;          // shared while calling kernel_
+  fuse::KernelCache* kernel_ = nullptr;  // GUARDED_BY(kernel_mu_)
   std::unique_ptr<Counters> counters_;
 
   mutable std::mutex mu_;                             // lock order: mu_ before any Desktop::mu
+  std::condition_variable desktop_cv_;                // a session's handles changed (with mu_)
   std::unordered_map<std::string, PathState> paths_;  // GUARDED_BY(mu_)
   // Live overlays by datastore-relative path.
   std::unordered_map<std::string, std::shared_ptr<Desktop>> desktops_;  // GUARDED_BY(mu_)

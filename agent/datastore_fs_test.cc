@@ -57,8 +57,15 @@ class DatastoreFsTest : public ::testing::Test {
     oo.disk_space = &space_;
     oo.registry = &registry_;
     overlays_ = std::move(overlay::OverlayStore::Open(oo)).value();
-    fs_ = std::make_unique<DatastoreFs>("ds", *backing_, std::move(rules).value(), *cache_,
-                                        *overlays_, DatastoreFs::Options{},
+    rules_ = std::move(rules).value();
+    MakeFs(std::chrono::milliseconds(0));
+  }
+  // A new DatastoreFs over the same datastore, cache and overlays.
+  void MakeFs(std::chrono::milliseconds settle) {
+    fs_.reset();
+    DatastoreFs::Options options;
+    options.settle = settle;
+    fs_ = std::make_unique<DatastoreFs>("ds", *backing_, rules_, *cache_, *overlays_, options,
                                         registry_);
   }
   void TearDown() override {
@@ -85,6 +92,7 @@ class DatastoreFsTest : public ::testing::Test {
   overlay::FixedDiskSpace space_{64 << 20};
   std::unique_ptr<overlay::OverlayStore> overlays_;
   std::unique_ptr<DatastoreFs> fs_;
+  RuleSet rules_;
 };
 
 TEST_F(DatastoreFsTest, TemplateReadsComeFromTheDatastoreOnceThenFromTheCache) {
@@ -231,18 +239,59 @@ TEST_F(DatastoreFsTest, PassthroughFilesGoToTheDatastore) {
 TEST_F(DatastoreFsTest, NewOpenAfterATemplateChangeReadsTheNewGeneration) {
   auto f = fs_->Open("templates/t.img", O_RDONLY);
   EXPECT_EQ(ReadAll(**f, content_.size()), content_);
-  EXPECT_TRUE((*f)->KeepCache());
+  EXPECT_EQ((*f)->PageCachePolicy(), fuse::PageCache::kDrop);  // nothing known of the kernel's
+  auto again = fs_->Open("templates/t.img", O_RDONLY);
+  EXPECT_EQ((*again)->PageCachePolicy(), fuse::PageCache::kKeep);
+  (*again)->Release();
   (*f)->Release();
   std::string v2 = RandomBytes(content_.size(), 2);
   WriteFile(ds_ + "/templates/t.img", v2);
   struct timespec times[2] = {{0, UTIME_OMIT}, {12345, 0}};  // a different mtime for sure
   ASSERT_EQ(utimensat(AT_FDCWD, (ds_ + "/templates/t.img").c_str(), times, 0), 0);
   auto g = fs_->Open("templates/t.img", O_RDONLY);
-  EXPECT_FALSE((*g)->KeepCache());  // the kernel must drop pages of the old generation
+  // The kernel must drop pages of the old generation.
+  EXPECT_EQ((*g)->PageCachePolicy(), fuse::PageCache::kDrop);
   EXPECT_EQ(ReadAll(**g, v2.size()), v2);
   (*g)->Release();
   EXPECT_EQ(Counter("goldcache_template_generation_changes_total"), 1u);
   EXPECT_EQ(Counter("goldcache_template_changed_while_open_total"), 0u);
+}
+
+TEST_F(DatastoreFsTest, NewGenerationBypassesThePageCacheWhileTheOldOneUsesIt) {
+  auto old = fs_->Open("templates/t.img", O_RDONLY);
+  ASSERT_TRUE(old.ok());
+  EXPECT_EQ((*old)->PageCachePolicy(), fuse::PageCache::kDrop);
+  WriteFile(ds_ + "/templates/t.img", RandomBytes(content_.size(), 3));
+  struct timespec times[2] = {{0, UTIME_OMIT}, {12345, 0}};
+  ASSERT_EQ(utimensat(AT_FDCWD, (ds_ + "/templates/t.img").c_str(), times, 0), 0);
+  auto g = fs_->Open("templates/t.img", O_RDONLY);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ((*g)->PageCachePolicy(), fuse::PageCache::kBypass);
+  (*old)->Release();
+  // The old generation's pages may still be in the kernel: dropped first.
+  auto h = fs_->Open("templates/t.img", O_RDONLY);
+  EXPECT_EQ((*h)->PageCachePolicy(), fuse::PageCache::kDrop);
+  (*h)->Release();
+  (*g)->Release();
+}
+
+TEST_F(DatastoreFsTest, UnsettledGenerationIsServedButNotCached) {
+  MakeFs(std::chrono::hours(1));  // the template was written a moment ago
+  auto f = fs_->Open("templates/t.img", O_RDONLY);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ((*f)->PageCachePolicy(), fuse::PageCache::kBypass);
+  EXPECT_EQ(ReadAll(**f, content_.size()), content_);
+  EXPECT_EQ(ReadAll(**f, content_.size()), content_);
+  (*f)->Release();
+  EXPECT_EQ(cache_->used_bytes(), 0u);
+  EXPECT_EQ(Counter("goldcache_datastore_read_bytes_total"), 2 * content_.size());
+  EXPECT_EQ(Counter("goldcache_cache_unsettled_fills_total"), 2u * 4);
+
+  MakeFs(std::chrono::milliseconds(0));  // now it is old enough
+  auto g = fs_->Open("templates/t.img", O_RDONLY);
+  EXPECT_EQ(ReadAll(**g, content_.size()), content_);
+  (*g)->Release();
+  EXPECT_EQ(cache_->used_bytes(), content_.size());
 }
 
 TEST_F(DatastoreFsTest, ChangeUnderAnOpenHandleIsReportedAndNeverMixed) {

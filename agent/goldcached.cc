@@ -296,6 +296,7 @@ int Serve(const AgentConfig& config) {
                          ? DatastoreFs::ResetPolicy::kManual
                          : DatastoreFs::ResetPolicy::kOnLastClose;
   fs_options.read_cache = config.cache.read_cache;
+  fs_options.settle = config.cache.settle;
   if (!config.cache.read_cache) {
     spdlog::warn("read cache off: every template read goes to the datastore");
   }

@@ -41,6 +41,10 @@ class BackingFile {
   // Attributes of the open file (fstat): what the datastore says now.
   virtual Result<struct stat> Stat() = 0;
   virtual Status Sync(bool datasync) = 0;
+  // What close(2) of the file would report: a kernel NFS mount writes back
+  // dirty pages at close and reports ENOSPC, EDQUOT or EIO there; nfs://
+  // commits unstable writes. Nothing to do (Ok) for a file opened read-only.
+  virtual Status Flush() = 0;
   virtual Status Truncate(uint64_t size) = 0;
   virtual Status Allocate(int mode, uint64_t offset, uint64_t length) = 0;
 };

@@ -167,6 +167,13 @@ class MeteredFile final : public BackingFile {
   Status Sync(bool datasync) override {
     return m_->MetaWrite([&] { return inner_->Sync(datasync); });
   }
+  // Not an operation of its own: for a written file it is the tail of the
+  // writes (or the commit of them), for a read-only one nothing.
+  Status Flush() override {
+    Status st = m_->Call([&] { return inner_->Flush(); });
+    m_->CountError(st);
+    return st;
+  }
   Status Truncate(uint64_t size) override {
     return m_->MetaWrite([&] { return inner_->Truncate(size); });
   }

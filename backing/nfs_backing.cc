@@ -336,6 +336,10 @@ class NfsFile final : public BackingFile {
     return rc < 0 ? Failed(*lease, rc, "fsync") : Status::Ok();
   }
 
+  // Close-to-open consistency, as the kernel client gives it: unstable
+  // writes are committed when a descriptor closes.
+  Status Flush() override { return writable_ ? Sync(false) : Status::Ok(); }
+
   Status Truncate(uint64_t size) override {
     if (!writable_) {
       return Status::Error(Code::kReadOnly, "ftruncate " + name_ + ": opened read-only", EBADF);

@@ -46,6 +46,10 @@ struct ChunkCache::Metrics {
         uncached(
             r.GetCounter("goldcache_cache_uncached_fills_total",
                          "Fetched chunks served without being stored (no slot or store error).")),
+        unsettled(r.GetCounter(
+            "goldcache_cache_unsettled_fills_total",
+            "Fetched chunks served without being stored because their generation changed on the "
+            "datastore less than [cache] settle ago (it may still be being written).")),
         store_errors(
             r.GetCounter("goldcache_errors_total", "Errors by kind.", {{"kind", "local_store"}})),
         recovered_dropped(
@@ -57,6 +61,7 @@ struct ChunkCache::Metrics {
   metrics::Counter& checksum_failures;
   metrics::Counter& single_flight_waits;
   metrics::Counter& uncached;
+  metrics::Counter& unsettled;
   metrics::Counter& store_errors;
   metrics::Counter& recovered_dropped;
 };
@@ -399,11 +404,15 @@ void ChunkCache::FetchAndStore(const ChunkKey& key, uint64_t chunk_start, uint32
   Status status;
   std::optional<index::ChunkRecord> stored;
   flight.data.resize(chunk_len);
+  // Asked before the read: bytes read after the file settled are whole.
+  const bool cacheable = source.Cacheable();
   auto got = source.ReadAt(chunk_start, flight.data);
   if (!got.ok()) {
     status = got.status();
   } else if (*got != chunk_len) {
     status = Status::Error(Code::kStale, "datastore file is shorter than its generation says");
+  } else if (!cacheable) {
+    m_->unsettled.Add();
   } else {
     std::vector<uint32_t> table = ComputeTable(flight.data);
     if (auto slot = AllocateSlot()) {

@@ -20,7 +20,8 @@
 //  - Hits never wait for RocksDB; misses rarely do (only when every slot's
 //    previous delete is still uncommitted).
 //  - When the local store cannot take a chunk (disk full, all slots busy),
-//    the read is still served, uncached, and counted.
+//    or the source says its bytes are not yet cacheable, the read is still
+//    served, uncached, and counted.
 //
 // Thread safety: all methods are safe to call concurrently.
 #pragma once
@@ -56,6 +57,10 @@ class ChunkSource {
   virtual ~ChunkSource() = default;
   // Reads up to buf.size() bytes at `offset`; short only at end of file.
   virtual Result<size_t> ReadAt(uint64_t offset, std::span<char> buf) = 0;
+  // Whether bytes read from now on may be stored: false while the file may
+  // still be being written (a generation younger than the settle time).
+  // Asked once before each fetch.
+  virtual bool Cacheable() { return true; }
 };
 
 struct CacheOptions {

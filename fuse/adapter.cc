@@ -302,9 +302,22 @@ void Adapter::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const 
   self.ReplyEntry(req, new_parent, new_name, *st);
 }
 
+void Adapter::InvalidateFile(const std::string& path) {
+  fuse_session* se = session_.load(std::memory_order_acquire);
+  if (se == nullptr) return;
+  std::optional<NodeId> node = inodes_.NodeOfPath(path);
+  if (!node) return;  // the kernel holds nothing of it
+  // -ENOENT: the kernel forgot the node meanwhile; nothing is cached then.
+  int rc = fuse_lowlevel_notify_inval_inode(se, *node, 0, 0);
+  if (rc != 0 && rc != -ENOENT && rc != -ENOTCONN) {
+    spdlog::warn("fuse: invalidating the kernel's cache of {} failed: {}", path,
+                 std::strerror(-rc));
+  }
+}
+
 bool Adapter::ReplyOpen(fuse_req_t req, NodeId node, std::unique_ptr<OpenFile> file,
                         fuse_file_info* fi, const fuse_entry_param* entry) {
-  const bool keep_cache = file->KeepCache();
+  const PageCache page_cache = file->PageCachePolicy();
   auto handle = std::make_shared<FileHandle>(node, std::move(file));
   if (!inodes_.AddHandle(handle)) {
     // Only a kernel/adapter disagreement about node ids gets here.
@@ -313,10 +326,21 @@ bool Adapter::ReplyOpen(fuse_req_t req, NodeId node, std::unique_ptr<OpenFile> f
     return false;
   }
   fi->fh = reinterpret_cast<uintptr_t>(handle.get());
-  // direct_io stays off: the page cache may serve repeated reads of template
+  // Outside kBypass, the page cache may serve repeated reads of template
   // blocks, and O_DIRECT opens (QEMU cache=none) bypass it on their own.
-  fi->direct_io = 0;
-  fi->keep_cache = keep_cache ? 1 : 0;
+  fi->direct_io = page_cache == PageCache::kBypass ? 1 : 0;
+  // Without keep_cache the kernel drops the file's pages at this open; a
+  // bypassing handle leaves them to the handles that use them.
+  fi->keep_cache = page_cache != PageCache::kDrop ? 1 : 0;
+  if (page_cache == PageCache::kDrop) {
+    // keep_cache=0 alone drops pages only after this reply, while another
+    // handle's reads could still be served stale pages: drop them first.
+    // No lock of this inode is held for an open (no O_TRUNC with writeback
+    // caching here), so the kernel can act on the notification now.
+    if (fuse_session* se = session_.load(std::memory_order_acquire)) {
+      fuse_lowlevel_notify_inval_inode(se, node, 0, 0);
+    }
+  }
   // fuse_file_info in libfuse 3.14 has no parallel_direct_writes bit; the
   // kernel serializes direct writes per file until libfuse exposes it.
   int rc = entry != nullptr ? fuse_reply_create(req, entry, fi) : fuse_reply_open(req, fi);
@@ -391,9 +415,10 @@ void Adapter::Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size
 }
 
 void Adapter::Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  // close(2) has nothing to push: writes are not cached in the kernel and
-  // durability is fsync's job.
-  fuse_reply_err(req, 0);
+  // Writes are not cached in the kernel, so there is nothing of ours to
+  // push; the file says what close(2) should report (a datastore's lost
+  // write, say) and learns that a descriptor closed.
+  ReplyStatus(req, HandleOf(fi)->file->Flush());
 }
 
 void Adapter::Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {

@@ -29,7 +29,7 @@ struct AdapterOptions {
   unsigned max_background = 64;  // async (readahead, AIO direct IO) requests in flight
 };
 
-class Adapter {
+class Adapter : public KernelCache {
  public:
   // `fs` must outlive the Adapter.
   Adapter(FileSystem& fs, const AdapterOptions& options);
@@ -46,6 +46,10 @@ class Adapter {
   }
 
   const InodeTable& inodes() const { return inodes_; }
+
+  // The session notifications go to; set by Mount once it exists.
+  void SetSession(fuse_session* session) { session_.store(session, std::memory_order_release); }
+  void InvalidateFile(const std::string& path) override;
 
  private:
   static Adapter& Self(fuse_req_t req);
@@ -99,6 +103,7 @@ class Adapter {
   const AdapterOptions options_;
   InodeTable inodes_;
   std::atomic<fuse_session*> exit_session_{nullptr};
+  std::atomic<fuse_session*> session_{nullptr};
 };
 
 }  // namespace goldcache::fuse

@@ -25,6 +25,15 @@
 
 namespace goldcache::fuse {
 
+// How the kernel's page cache may serve one open handle.
+enum class PageCache {
+  kKeep,    // pages cached by earlier opens of the file are still good
+  kDrop,    // the file's cached pages and attributes are dropped before this
+            // open is answered; the handle then uses the page cache
+  kBypass,  // the handle never uses the page cache (direct_io): every read
+            // reaches the FileSystem; pages other handles cached stay
+};
+
 // An open file: one per successful open/create, released once.
 class OpenFile {
  public:
@@ -43,10 +52,17 @@ class OpenFile {
   // Attributes as seen through this handle (size may differ from the datastore's).
   virtual Result<struct stat> Stat() = 0;
   virtual Status Truncate(uint64_t size) = 0;
-  // Whether the kernel may keep page-cache contents from earlier opens
-  // (false when the content changed since, e.g. a new template generation).
-  virtual bool KeepCache() const = 0;
-  // Called once when the last reference from the kernel goes away.
+  // Decided at open, for the handle's whole life (e.g. kDrop for a new
+  // template generation, kBypass while two generations are open at once).
+  virtual PageCache PageCachePolicy() const = 0;
+  // close(2) of a file descriptor of this handle (every close, also of a
+  // dup'ed descriptor; the handle lives on until Release). Its error is
+  // close(2)'s result: a datastore that reports a lost write at close
+  // (ENOSPC, EDQUOT, EIO on NFS) must say so here.
+  virtual Status Flush() { return Status::Ok(); }
+  // Called once when the last reference from the kernel goes away. The
+  // kernel sends it after close(2) returned, so an open of the same file may
+  // arrive before it.
   virtual void Release() = 0;
 };
 
@@ -65,9 +81,26 @@ struct SetAttrRequest {
   std::optional<struct timespec> mtime;  // tv_nsec may be UTIME_NOW
 };
 
+// What a FileSystem may ask of the kernel's caches, through the adapter.
+// Thread safety: safe to call from any thread.
+class KernelCache {
+ public:
+  virtual ~KernelCache() = default;
+  // Drops the kernel's cached attributes and page-cache contents of the file
+  // at `path`, if the kernel knows that file; returns once the kernel did.
+  // Must not be called while handling a request on that file that the kernel
+  // serves under the file's inode lock (write, setattr); open, flush,
+  // release and requests on other files are fine.
+  virtual void InvalidateFile(const std::string& path) = 0;
+};
+
 class FileSystem {
  public:
   virtual ~FileSystem() = default;
+
+  // The mount attaches its KernelCache once the kernel can be told things,
+  // and detaches it (nullptr) before it goes away.
+  virtual void AttachKernelCache(KernelCache* kernel) {}
 
   // lstat semantics. The adapter assigns node ids but recognizes a file by
   // (st_dev, st_ino): two live files must not share a non-zero pair, and one

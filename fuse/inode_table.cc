@@ -188,6 +188,20 @@ std::optional<std::string> InodeTable::Path(NodeId id) const {
   return PathLocked(inode);
 }
 
+std::optional<NodeId> InodeTable::NodeOfPath(std::string_view path) const {
+  std::lock_guard lock(mu_);
+  NodeId node = kRootNodeId;
+  while (!path.empty()) {
+    const size_t slash = path.find('/');
+    const std::string_view name = path.substr(0, slash);
+    auto it = by_name_.find(NameKey{node, std::string(name)});
+    if (it == by_name_.end()) return std::nullopt;
+    node = it->second->id;
+    path = slash == std::string_view::npos ? std::string_view() : path.substr(slash + 1);
+  }
+  return node;
+}
+
 std::optional<std::string> InodeTable::ChildPath(NodeId parent, std::string_view name) const {
   std::optional<std::string> path = Path(parent);
   if (!path) return std::nullopt;

@@ -87,6 +87,9 @@ class InodeTable {
   // The node's path relative to the mount root ("" for the root), or nullopt
   // if the node is unknown or it or an ancestor was unlinked or removed.
   std::optional<std::string> Path(NodeId node) const;
+  // The node the kernel knows by `path` (relative to the mount root, "" for
+  // the root), or nullopt when some component is unknown to the kernel.
+  std::optional<NodeId> NodeOfPath(std::string_view path) const;
   // Path(parent) + "/" + name, with the same nullopt cases.
   std::optional<std::string> ChildPath(NodeId parent, std::string_view name) const;
 

@@ -285,7 +285,10 @@ Result<std::unique_ptr<Mount>> Mount::Create(FileSystem& fs, const MountOptions&
 
   RaiseReadahead(*mountpoint);
 
+  adapter->SetSession(session);
+  fs.AttachKernelCache(adapter.get());
   std::unique_ptr<Mount> mount(new Mount(*mountpoint, options, std::move(adapter)));
+  mount->fs_ = &fs;
   mount->session_ = session;
   mount->mounted_ = true;
   spdlog::info("fuse: mounted {} at {} (fuse.{})", options.fsname, mount->mountpoint_,
@@ -382,6 +385,8 @@ void Mount::Unmount() {
 }
 
 Mount::~Mount() {
+  if (fs_ != nullptr) fs_->AttachKernelCache(nullptr);
+  adapter_->SetSession(nullptr);
   Unmount();
   if (session_ != nullptr) fuse_session_destroy(session_);
 }

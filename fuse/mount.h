@@ -87,6 +87,7 @@ class Mount {
   const std::string mountpoint_;  // canonical absolute path
   const MountOptions options_;
   std::unique_ptr<Adapter> adapter_;
+  FileSystem* fs_ = nullptr;  // detached from the adapter before it goes
   fuse_session* session_ = nullptr;
   bool mounted_ = false;
 

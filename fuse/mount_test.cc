@@ -59,7 +59,8 @@ class MemFile : public OpenFile {
   Status Fallocate(int mode, uint64_t offset, uint64_t length) override;
   Result<struct stat> Stat() override;
   Status Truncate(uint64_t size) override;
-  bool KeepCache() const override { return false; }
+  PageCache PageCachePolicy() const override;
+  Status Flush() override;
   void Release() override;
 
  private:
@@ -67,6 +68,10 @@ class MemFile : public OpenFile {
   std::shared_ptr<MemNode> node_;
   int flags_;
   int released_ = 0;
+
+ public:
+  PageCache page_cache = PageCache::kDrop;
+  int flush_error = 0;
 };
 
 class MemFs : public FileSystem {
@@ -88,6 +93,31 @@ class MemFs : public FileSystem {
   void SetReadOnly(const std::string& path) {
     std::lock_guard lock(mu_);
     read_only_.insert(path);
+  }
+  // Handles of `path` opened from now on use the page cache so.
+  void SetPageCache(const std::string& path, PageCache policy) {
+    std::lock_guard lock(mu_);
+    page_cache_[path] = policy;
+  }
+  // close(2) of this path's descriptors fails with `err` (a datastore's
+  // lost write).
+  void SetFlushError(const std::string& path, int err) {
+    std::lock_guard lock(mu_);
+    flush_errors_[path] = err;
+  }
+  int flushes() const { return flushes_.load(); }
+  // Replaces a file's content behind the kernel's back (another host wrote it).
+  void ReplaceData(const std::string& path, std::string data) {
+    std::lock_guard lock(mu_);
+    FindLocked(path)->data = std::move(data);
+  }
+  KernelCache* kernel() {
+    std::lock_guard lock(mu_);
+    return kernel_;
+  }
+  void AttachKernelCache(KernelCache* kernel) override {
+    std::lock_guard lock(mu_);
+    kernel_ = kernel;
   }
   // Reads of this path fail as a datastore outage does.
   void SetTimingOut(const std::string& path) {
@@ -151,9 +181,10 @@ class MemFs : public FileSystem {
     if (flags & O_TRUNC) n->data.clear();
     last_open_flags_ = flags;
     opens_++;
-    std::unique_ptr<OpenFile> f =
-        std::make_unique<MemFile>(this, n, timing_out_.count(path) ? -1 : flags);
-    return f;
+    auto f = std::make_unique<MemFile>(this, n, timing_out_.count(path) ? -1 : flags);
+    if (auto it = page_cache_.find(path); it != page_cache_.end()) f->page_cache = it->second;
+    if (auto it = flush_errors_.find(path); it != flush_errors_.end()) f->flush_error = it->second;
+    return std::unique_ptr<OpenFile>(std::move(f));
   }
   Result<std::unique_ptr<OpenFile>> Create(const std::string& path, int flags,
                                            mode_t mode) override {
@@ -304,6 +335,10 @@ class MemFs : public FileSystem {
   std::map<std::string, std::shared_ptr<MemNode>> nodes_;
   std::set<std::string> read_only_;
   std::set<std::string> timing_out_;
+  std::map<std::string, PageCache> page_cache_;
+  std::map<std::string, int> flush_errors_;
+  std::atomic<int> flushes_{0};
+  KernelCache* kernel_ = nullptr;
   ino_t next_ino_ = 100;
   int opens_ = 0;
   int releases_ = 0;
@@ -314,6 +349,13 @@ class MemFs : public FileSystem {
 };
 
 MemFile::~MemFile() = default;
+
+PageCache MemFile::PageCachePolicy() const { return page_cache; }
+
+Status MemFile::Flush() {
+  fs_->flushes_++;
+  return flush_error == 0 ? Status::Ok() : Status::FromErrno(flush_error, "flush");
+}
 
 Result<size_t> MemFile::Read(uint64_t offset, std::span<char> buf) {
   size_t seen = fs_->max_read_.load();
@@ -392,9 +434,11 @@ std::string Pattern(size_t size, char seed) {
 // directory, whatever the test did (RAII, also when an assertion failed).
 class ServedMount {
  public:
-  explicit ServedMount(FileSystem& fs) : dir_(MakeTempDir()) {
+  // `cache_timeout`: how long the kernel trusts entries and attributes.
+  explicit ServedMount(FileSystem& fs, double cache_timeout = 1.0) : dir_(MakeTempDir()) {
     if (dir_.empty()) return;
     MountOptions options;
+    options.entry_timeout = options.attr_timeout = cache_timeout;
     options.mountpoint = dir_;
     options.fsname = "memfs,test";  // a comma must survive option parsing
     Result<std::unique_ptr<Mount>> m = Mount::Create(fs, options);
@@ -458,7 +502,11 @@ class ServedMount {
 class MountTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    served_ = std::make_unique<ServedMount>(fs_);
+    // Tests that prove the kernel's cache is dropped need it to outlive them.
+    const bool long_cache =
+        std::string(::testing::UnitTest::GetInstance()->current_test_info()->name())
+            .starts_with("InvalidateFile");
+    served_ = std::make_unique<ServedMount>(fs_, long_cache ? 3600.0 : 1.0);
     ASSERT_TRUE(served_->ok()) << served_->error();
   }
   void TearDown() override { served_.reset(); }
@@ -715,6 +763,81 @@ TEST_F(MountTest, ErrorsReachTheCallerAsErrno) {
   fs_.AddFile("full/x", "");
   EXPECT_EQ(rmdir(P("full").c_str()), -1);
   EXPECT_EQ(errno, ENOTEMPTY);  // exact errno from the FileSystem
+}
+
+TEST_F(MountTest, CloseReportsTheFlushErrorOfTheFile) {
+  fs_.AddFile("persistent.img", std::string(4096, 'p'));
+  fs_.SetFlushError("persistent.img", ENOSPC);
+  int fd = open(P("persistent.img").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  int dup_fd = dup(fd);
+  ASSERT_GE(dup_fd, 0);
+  const int before = fs_.flushes();
+  // Every close(2) of a descriptor is a flush: both report the loss.
+  errno = 0;
+  EXPECT_EQ(close(dup_fd), -1);
+  EXPECT_EQ(errno, ENOSPC);
+  errno = 0;
+  EXPECT_EQ(close(fd), -1);
+  EXPECT_EQ(errno, ENOSPC);
+  EXPECT_EQ(fs_.flushes() - before, 2);
+}
+
+TEST_F(MountTest, PageCachePolicyDecidesWhetherReadsReachTheFileSystem) {
+  // Contents are one letter repeated; reads report which letter they saw.
+  const char a = 'a', b = 'b', c = 'c';
+  fs_.AddFile("t.img", std::string(4096, a));
+  fs_.SetPageCache("t.img", PageCache::kKeep);
+  auto read_once = [&] {
+    int fd = open(P("t.img").c_str(), O_RDONLY);
+    std::string got(4096, '\0');
+    EXPECT_EQ(pread(fd, got.data(), got.size(), 0), 4096);
+    close(fd);
+    EXPECT_EQ(got, std::string(4096, got[0])) << "a torn page";
+    return got[0];
+  };
+  EXPECT_EQ(read_once(), a);
+  fs_.ReplaceData("t.img", std::string(4096, b));
+  EXPECT_EQ(read_once(), a);  // kKeep: the kernel serves its pages
+  fs_.SetPageCache("t.img", PageCache::kBypass);
+  EXPECT_EQ(read_once(), b);  // kBypass: every read reaches the file system
+  fs_.SetPageCache("t.img", PageCache::kKeep);
+  EXPECT_EQ(read_once(), a);  // bypassing handles left the cached pages alone
+  fs_.SetPageCache("t.img", PageCache::kDrop);
+  EXPECT_EQ(read_once(), b);  // kDrop: cached pages gone before the open returned
+  fs_.ReplaceData("t.img", std::string(4096, c));
+  fs_.SetPageCache("t.img", PageCache::kKeep);
+  EXPECT_EQ(read_once(), b);
+}
+
+TEST_F(MountTest, InvalidateFileDropsCachedAttributesAndPages) {
+  fs_.AddFile("sub-less.img", std::string(8192, 'x'));
+  fs_.SetPageCache("sub-less.img", PageCache::kKeep);
+  const std::string path = P("sub-less.img");
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 8192);
+  int fd = open(path.c_str(), O_RDONLY);
+  std::string got(8192, '\0');
+  ASSERT_EQ(pread(fd, got.data(), got.size(), 0), 8192);
+  close(fd);
+  fs_.ReplaceData("sub-less.img", std::string(4096, 'y'));
+  // The size alone: a read dropped the kernel's atime, and a stat(2) asking
+  // for it would fetch fresh attributes anyway.
+  auto size_seen = [&] {
+    struct statx stx;
+    EXPECT_EQ(statx(AT_FDCWD, path.c_str(), 0, STATX_SIZE, &stx), 0);
+    return stx.stx_size;
+  };
+  EXPECT_EQ(size_seen(), 8192u);  // the kernel's copy (attributes trusted for an hour)
+  ASSERT_NE(fs_.kernel(), nullptr);
+  fs_.kernel()->InvalidateFile("sub-less.img");
+  EXPECT_EQ(size_seen(), 4096u);
+  fd = open(path.c_str(), O_RDONLY);
+  EXPECT_EQ(pread(fd, got.data(), got.size(), 0), 4096);
+  close(fd);
+  EXPECT_TRUE(got.substr(0, 4096) == std::string(4096, 'y')) << "stale pages after invalidation";
+  fs_.kernel()->InvalidateFile("not/known/to/the/kernel");  // nothing to do, no harm
 }
 
 TEST_F(MountTest, ReleaseIsCalledExactlyOncePerOpen) {

@@ -278,7 +278,7 @@ class Agent:
                  extra_args: Iterable[str] = (), binary: Optional[str] = None,
                  mountpoint: Optional[str] = None, cache_dir: Optional[str] = None,
                  datastore: Optional[str] = None, stats_host: str = "127.0.0.1",
-                 config: Optional[str] = None, port: int = 0):
+                 config: Optional[str] = None, port: int = 0, settle: Optional[str] = "0s"):
         self.ws = ws
         # --stats-listen STATS_HOST:PORT; the tests still connect via 127.0.0.1.
         self.stats_host = stats_host
@@ -296,6 +296,9 @@ class Agent:
         self.cache_size = cache_size
         self.chunk_size = chunk_size
         self.log_level = log_level
+        # --settle: tests write a template and read it at once; the agent's
+        # default (10 s) would serve those reads uncached. None: the default.
+        self.settle = settle
         self.extra_args = list(extra_args)
         self.mountpoint = mountpoint or ws.mountpoint
         self.cache_dir = cache_dir or ws.cache_dir
@@ -310,8 +313,9 @@ class Agent:
     # -- lifecycle --
 
     def argv(self) -> list[str]:
+        settle = ["--settle", self.settle] if self.settle is not None else []
         if self.config:
-            return [self.binary, "--config", self.config] + self.extra_args
+            return [self.binary, "--config", self.config] + settle + self.extra_args
         args = [self.binary, "--datastore", self.datastore, "--mountpoint", self.mountpoint,
                 "--cache-dir", self.cache_dir, "--stats-listen", f"{self.stats_host}:{self.port}",
                 "--log-level", self.log_level, "--control-socket", self.control_socket]
@@ -319,6 +323,7 @@ class Agent:
             args += ["--cache-size", self.cache_size]
         if self.chunk_size:
             args += ["--chunk-size", self.chunk_size]
+        args += settle
         for g in self.templates:
             args += ["--template", g]
         for g in self.nonpersistent:
