@@ -26,6 +26,12 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+uint64_t NanosSince(std::chrono::steady_clock::time_point start) {
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count());
+}
+
 }  // namespace
 
 struct DatastoreFs::Counters {
@@ -198,12 +204,12 @@ class DatastoreFs::GenerationSource : public cache::ChunkSource {
 class DatastoreFs::CachedFile : public fuse::OpenFile {
  public:
   CachedFile(DatastoreFs& fs, std::string path, std::unique_ptr<GenerationSource> source,
-             fuse::PageCache page_cache, std::shared_ptr<ReadCounts> reads)
+             fuse::PageCache page_cache, std::shared_ptr<IoCounters> io)
       : fs_(fs),
         path_(std::move(path)),
         source_(std::move(source)),
         page_cache_(page_cache),
-        reads_(std::move(reads)) {}
+        io_(std::move(io)) {}
 
   Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
     auto start = std::chrono::steady_clock::now();
@@ -212,9 +218,9 @@ class DatastoreFs::CachedFile : public fuse::OpenFile {
     Counters& c = *fs_.counters_;
     c.read_datastore.Add(r->from_datastore);
     c.read_cache.Add(r->bytes - r->from_datastore);
-    (r->from_datastore ? c.latency_datastore : c.latency_cache).Observe(SecondsSince(start));
-    reads_->bytes.fetch_add(r->bytes, std::memory_order_relaxed);
-    reads_->from_datastore.fetch_add(r->from_datastore, std::memory_order_relaxed);
+    const uint64_t ns = NanosSince(start);
+    (r->from_datastore ? c.latency_datastore : c.latency_cache).Observe(ns * 1e-9);
+    io_->CountRead(r->bytes, r->from_datastore, ns);
     return r->bytes;
   }
   Result<size_t> Write(uint64_t, std::span<const char>) override { return ReadOnly(); }
@@ -234,7 +240,7 @@ class DatastoreFs::CachedFile : public fuse::OpenFile {
   const std::string path_;
   const std::unique_ptr<GenerationSource> source_;
   const fuse::PageCache page_cache_;
-  const std::shared_ptr<ReadCounts> reads_;
+  const std::shared_ptr<IoCounters> io_;
 };
 
 // A nonpersistent file: one overlay, shared by every open handle of the path.
@@ -249,6 +255,7 @@ struct DatastoreFs::Desktop {
   // is all of them, their RELEASE is on its way.
   int idle_handles = 0;    // GUARDED_BY(DatastoreFs::mu_)
   bool discarded = false;  // GUARDED_BY(DatastoreFs::mu_): left desktops_, overlay gone
+  IoCounters io;
 };
 
 class DatastoreFs::DesktopFile : public fuse::OpenFile {
@@ -279,12 +286,16 @@ class DatastoreFs::DesktopFile : public fuse::OpenFile {
     c.read_overlay.Add(*n - std::min<uint64_t>(*n, base.bytes));
     c.read_cache.Add(base.bytes - base.from_datastore);
     c.read_datastore.Add(base.from_datastore);
-    (base.from_datastore ? c.latency_datastore : c.latency_cache).Observe(SecondsSince(start));
+    const uint64_t ns = NanosSince(start);
+    (base.from_datastore ? c.latency_datastore : c.latency_cache).Observe(ns * 1e-9);
+    d_->io.CountRead(*n, base.from_datastore, ns);
     return n;
   }
   Result<size_t> Write(uint64_t offset, std::span<const char> buf) override {
     MarkActive();
+    auto start = std::chrono::steady_clock::now();
     GC_RETURN_IF_ERROR(d_->overlay->Write(offset, buf));
+    d_->io.CountWrite(buf.size(), NanosSince(start));
     return buf.size();
   }
   // Non-persistent by contract: in the overlay is as durable as it gets.
@@ -587,7 +598,7 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
   const index::GenerationId gen = (*source)->generation();
   const bool settled = !read_cache_ || Settled((*source)->key());
   fuse::PageCache page_cache;
-  std::shared_ptr<ReadCounts> reads;
+  std::shared_ptr<IoCounters> io;
   {
     std::lock_guard lock(mu_);
     PathState& ps = paths_[path];
@@ -620,10 +631,10 @@ Result<std::unique_ptr<fuse::OpenFile>> DatastoreFs::OpenCached(const std::strin
     ps.current = gen;
     ps.size = (*source)->size();
     ++ps.open_handles[gen];
-    reads = ps.reads;
+    io = ps.io;
   }
   return std::unique_ptr<fuse::OpenFile>(
-      new CachedFile(*this, path, std::move(source).value(), page_cache, std::move(reads)));
+      new CachedFile(*this, path, std::move(source).value(), page_cache, std::move(io)));
 }
 
 void DatastoreFs::OnCachedFileClosed(const std::string& path, index::GenerationId gen,
@@ -805,7 +816,7 @@ std::vector<DatastoreFs::DesktopInfo> DatastoreFs::Desktops() const {
   std::vector<DesktopInfo> out;
   for (const auto& [path, d] : desktops_) {
     out.push_back(DesktopInfo{path, d->local_only, d->overlay->size(), d->overlay->ram_bytes(),
-                              d->overlay->disk_bytes(), d->open_handles});
+                              d->overlay->disk_bytes(), d->open_handles, d->io.Snapshot()});
   }
   std::sort(out.begin(), out.end(),
             [](const DesktopInfo& a, const DesktopInfo& b) { return a.path < b.path; });
@@ -819,8 +830,7 @@ std::vector<DatastoreFs::TemplateInfo> DatastoreFs::Templates() const {
     for (const auto& [path, ps] : paths_) {
       int handles = 0;
       for (const auto& [gen, n] : ps.open_handles) handles += n;
-      out.push_back(TemplateInfo{path, ps.current, ps.size, 0, handles, ps.reads->bytes.load(),
-                                 ps.reads->from_datastore.load()});
+      out.push_back(TemplateInfo{path, ps.current, ps.size, 0, handles, ps.io->Snapshot()});
     }
   }
   for (TemplateInfo& t : out) t.cached_bytes = cache_.cached_bytes_of(t.generation);

@@ -1,5 +1,5 @@
 // The FUSE view of one datastore: every path gets its role from the rules,
-// and each operation goes where that role says (DESIGN §3).
+// and each operation goes where that role says (docs/design.md §3).
 //
 //   template       read through the chunk cache; any change is EROFS
 //   nonpersistent  a desktop: reads merge its overlay (on this host) over the
@@ -127,6 +127,19 @@ class DatastoreFs : public fuse::FileSystem {
   // nothing to reset.
   Status Reset(const std::string& path, bool force);
 
+  // IO through the mount on one file, counted by its open handles: what
+  // `goldcache top` turns into rates. Latencies are sums over the operations
+  // (divide by the ops for a mean). Failed operations are not counted.
+  struct IoCounts {
+    uint64_t read_ops = 0;
+    uint64_t read_bytes = 0;
+    uint64_t read_bytes_from_datastore = 0;  // of read_bytes, what the datastore served
+    uint64_t read_latency_ns = 0;
+    uint64_t write_ops = 0;
+    uint64_t write_bytes = 0;
+    uint64_t write_latency_ns = 0;
+  };
+
   struct DesktopInfo {
     std::string path;
     bool local_only;  // created through the mount; no datastore file
@@ -134,6 +147,7 @@ class DatastoreFs : public fuse::FileSystem {
     uint64_t overlay_ram_bytes;
     uint64_t overlay_disk_bytes;
     int open_handles;
+    IoCounts io;  // since the overlay was created (its first open after a reset)
   };
   std::vector<DesktopInfo> Desktops() const;
 
@@ -141,10 +155,9 @@ class DatastoreFs : public fuse::FileSystem {
     std::string path;
     index::GenerationId generation;  // of the latest open
     uint64_t size;
-    uint64_t cached_bytes;               // of that generation, in the local cache
-    int open_handles;                    // all generations
-    uint64_t read_bytes;                 // read through the mount since the agent started
-    uint64_t read_bytes_from_datastore;  // of which the datastore had to serve
+    uint64_t cached_bytes;  // of that generation, in the local cache
+    int open_handles;       // all generations
+    IoCounts io;            // reads since the agent started, all generations
   };
   // Templates opened since the agent started.
   std::vector<TemplateInfo> Templates() const;
@@ -157,15 +170,41 @@ class DatastoreFs : public fuse::FileSystem {
   class PassthroughFile;
   class DesktopFile;
   struct Desktop;
-  // Bytes read from one template, updated by its handles without a lock.
-  struct ReadCounts {
-    std::atomic<uint64_t> bytes{0};
-    std::atomic<uint64_t> from_datastore{0};
+  // IoCounts as a file's handles update them: without a lock.
+  class IoCounters {
+   public:
+    void CountRead(uint64_t bytes, uint64_t from_datastore, uint64_t ns) {
+      read_ops_.fetch_add(1, std::memory_order_relaxed);
+      read_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+      read_from_datastore_.fetch_add(from_datastore, std::memory_order_relaxed);
+      read_ns_.fetch_add(ns, std::memory_order_relaxed);
+    }
+    void CountWrite(uint64_t bytes, uint64_t ns) {
+      write_ops_.fetch_add(1, std::memory_order_relaxed);
+      write_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+      write_ns_.fetch_add(ns, std::memory_order_relaxed);
+    }
+    IoCounts Snapshot() const {
+      constexpr auto kRelaxed = std::memory_order_relaxed;
+      IoCounts c;
+      c.read_ops = read_ops_.load(kRelaxed);
+      c.read_bytes = read_bytes_.load(kRelaxed);
+      c.read_bytes_from_datastore = read_from_datastore_.load(kRelaxed);
+      c.read_latency_ns = read_ns_.load(kRelaxed);
+      c.write_ops = write_ops_.load(kRelaxed);
+      c.write_bytes = write_bytes_.load(kRelaxed);
+      c.write_latency_ns = write_ns_.load(kRelaxed);
+      return c;
+    }
+
+   private:
+    std::atomic<uint64_t> read_ops_{0}, read_bytes_{0}, read_from_datastore_{0}, read_ns_{0};
+    std::atomic<uint64_t> write_ops_{0}, write_bytes_{0}, write_ns_{0};
   };
   struct PathState {
     index::GenerationId current = 0;  // generation of the latest open
     uint64_t size = 0;                // of that generation
-    std::shared_ptr<ReadCounts> reads = std::make_shared<ReadCounts>();
+    std::shared_ptr<IoCounters> io = std::make_shared<IoCounters>();
     std::unordered_map<index::GenerationId, int> open_handles;
     // Generation whose pages the kernel's page cache may hold (0: none), and
     // the open handles of each generation that use the page cache.

@@ -319,5 +319,51 @@ TEST_F(DatastoreFsTest, ChangeUnderAnOpenHandleIsReportedAndNeverMixed) {
   (*g)->Release();
 }
 
+TEST_F(DatastoreFsTest, DesktopsAndTemplatesCountTheirOwnIo) {
+  auto t = fs_->Open("templates/t.img", O_RDONLY);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(ReadAll(**t, content_.size()), content_);  // misses: all from the datastore
+  EXPECT_EQ(ReadAll(**t, content_.size()), content_);  // hits
+  (*t)->Release();
+  auto d = fs_->Open("pool/vm1.img", O_RDWR);
+  ASSERT_TRUE(d.ok());
+  std::string data = RandomBytes(5000, 9);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE((*d)->Write(i * 8192, std::span<const char>(data.data(), data.size())).ok());
+  }
+  std::string buf(65536, '\0');
+  auto n = (*d)->Read(0, std::span<char>(buf.data(), buf.size()));
+  ASSERT_TRUE(n.ok());
+
+  auto templates = fs_->Templates();
+  ASSERT_EQ(templates.size(), 1u);
+  const DatastoreFs::IoCounts& ti = templates[0].io;
+  EXPECT_EQ(ti.read_ops, 2u);
+  EXPECT_EQ(ti.read_bytes, 2 * content_.size());
+  EXPECT_EQ(ti.read_bytes_from_datastore, content_.size());
+  EXPECT_GT(ti.read_latency_ns, 0u);
+  EXPECT_EQ(ti.write_ops, 0u);
+
+  auto desktops = fs_->Desktops();
+  ASSERT_EQ(desktops.size(), 1u);
+  const DatastoreFs::IoCounts& di = desktops[0].io;
+  EXPECT_EQ(di.write_ops, 3u);
+  EXPECT_EQ(di.write_bytes, 3 * data.size());
+  EXPECT_GT(di.write_latency_ns, 0u);
+  EXPECT_EQ(di.read_ops, 1u);
+  EXPECT_EQ(di.read_bytes, 65536u);
+  // The base under the overlay is a separate file (pool/vm1.img) from the
+  // template: its chunks come from the datastore the first time.
+  EXPECT_GT(di.read_bytes_from_datastore, 0u);
+  EXPECT_LT(di.read_bytes_from_datastore, di.read_bytes);  // some bytes came from the overlay
+  EXPECT_GT(di.read_latency_ns, 0u);
+  (*d)->Release();
+  // The reset on last close starts the next overlay's counts from zero.
+  auto again = fs_->Open("pool/vm1.img", O_RDONLY);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(fs_->Desktops().at(0).io.read_ops, 0u);
+  (*again)->Release();
+}
+
 }  // namespace
 }  // namespace goldcache::agent
