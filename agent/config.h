@@ -67,10 +67,16 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/rules.h"
+#include "roles/rules.h"
 #include "util/status.h"
 
 namespace goldcache::agent {
+
+using roles::ParseRole;
+using roles::Role;
+using roles::RoleName;
+using roles::Rule;
+using roles::RuleSet;
 
 // Where each value came from, by key, as a message prefix (see Where()).
 using KeyOrigins = std::map<std::string, std::string, std::less<>>;

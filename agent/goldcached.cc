@@ -17,9 +17,6 @@
 
 #include "agent/config.h"
 #include "agent/control_server.h"
-#include "agent/datastore_fs.h"
-#include "agent/local_space.h"
-#include "agent/rules.h"
 #include "agent/stats_server.h"
 #include "backing/metered_backing.h"
 #include "backing/nfs_backing.h"
@@ -27,10 +24,16 @@
 #include "fuse/mount.h"
 #include "metrics/metrics.h"
 #include "overlay/overlay.h"
+#include "roles/datastore_fs.h"
+#include "roles/local_space.h"
+#include "roles/rules.h"
 #include "util/units.h"
 
 namespace goldcache::agent {
 namespace {
+
+using roles::DatastoreFs;
+using roles::LocalSpace;
 
 int Fail(const std::string& what) {
   spdlog::critical("{}", what);
@@ -82,7 +85,7 @@ struct Agent {
       ds.push_back({{"name", d.config.name},
                     {"source", d.identity},
                     {"mountpoint", d.config.mountpoint},
-                    {"desktops", d.fs->Desktops().size()}});
+                    {"desktops", d.fs->ListDesktops().size()}});
     }
     return {
         {"version", GOLDCACHE_VERSION},
@@ -101,14 +104,14 @@ struct Agent {
   nlohmann::json List() const {
     nlohmann::json templates = nlohmann::json::array(), desktops = nlohmann::json::array();
     for (const Datastore& ds : datastores) {
-      for (const auto& t : ds.fs->Templates()) {
+      for (const auto& t : ds.fs->ListTemplates()) {
         nlohmann::json row = {{"datastore", ds.config.name},    {"path", t.path},
                               {"generation", t.generation},     {"size_bytes", t.size},
                               {"cached_bytes", t.cached_bytes}, {"open_handles", t.open_handles}};
         AddIo(row, t.io, false);
         templates.push_back(std::move(row));
       }
-      for (const auto& d : ds.fs->Desktops()) {
+      for (const auto& d : ds.fs->ListDesktops()) {
         nlohmann::json row = {{"datastore", ds.config.name},
                               {"path", d.path},
                               {"host_only", d.local_only},
@@ -126,7 +129,7 @@ struct Agent {
   // A file's IO through the mount (counters since it was first opened; the
   // latencies are sums: divide by the ops). hit_ratio: the share of the
   // bytes read that the datastore did not have to serve.
-  static void AddIo(nlohmann::json& row, const DatastoreFs::IoCounts& io, bool writes) {
+  static void AddIo(nlohmann::json& row, const roles::IoCounts& io, bool writes) {
     row["read_ops"] = io.read_ops;
     row["read_bytes"] = io.read_bytes;
     row["datastore_read_bytes"] = io.read_bytes_from_datastore;
@@ -306,10 +309,10 @@ int Serve(const AgentConfig& config) {
   datastores.reserve(config.datastores.size());
   DatastoreFs::Options fs_options;
   fs_options.reset = config.overlay.reset == OverlayReset::kManual
-                         ? DatastoreFs::ResetPolicy::kManual
-                         : DatastoreFs::ResetPolicy::kOnLastClose;
-  fs_options.read_cache = config.cache.read_cache;
-  fs_options.settle = config.cache.settle;
+                         ? roles::ResetPolicy::kManual
+                         : roles::ResetPolicy::kOnLastClose;
+  fs_options.templates.read_cache = config.cache.read_cache;
+  fs_options.templates.settle = config.cache.settle;
   if (!config.cache.read_cache) {
     spdlog::warn("read cache off: every template read goes to the datastore");
   }

@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "cache/chunk_store.h"
-#include "cache/io_rings.h"
+#include "io/rings.h"
 #include "cache/slru.h"
 #include "index/chunk_index.h"
 #include "metrics/metrics.h"
@@ -173,7 +173,7 @@ class ChunkCache {
   uint64_t slots_ = 0;
   bool recovered_from_crash_ = false;
   std::unique_ptr<Metrics> m_;
-  IoRings rings_;
+  io::IoRings rings_;
   std::unique_ptr<ChunkStore> store_;
   std::unique_ptr<index::ChunkIndex> index_;
 

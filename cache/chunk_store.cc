@@ -24,7 +24,7 @@ Result<int> OpenSized(const std::string& path, uint64_t size) {
 }  // namespace
 
 Result<std::unique_ptr<ChunkStore>> ChunkStore::Open(const std::string& dir, uint32_t chunk_size,
-                                                     uint64_t slots, IoRings& rings) {
+                                                     uint64_t slots, io::IoRings& rings) {
   if (chunk_size == 0 || chunk_size % kBlockSize != 0) {
     return Status::Error(
         Code::kInvalidArgument,
@@ -41,7 +41,7 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::Open(const std::string& dir, uin
 }
 
 ChunkStore::ChunkStore(int data_fd, int sums_fd, uint32_t chunk_size, uint64_t slots,
-                       IoRings& rings)
+                       io::IoRings& rings)
     : data_fd_(data_fd), sums_fd_(sums_fd), chunk_size_(chunk_size), slots_(slots), rings_(rings) {}
 
 ChunkStore::~ChunkStore() {
@@ -58,7 +58,7 @@ Status ChunkStore::Write(uint64_t slot, std::span<const char> data,
   if (slot >= slots_ || data.size() > chunk_size_ || table.size() != BlocksFor(data.size())) {
     return Status::Error(Code::kInvalidArgument, "chunk store write out of range");
   }
-  IoRequest reqs[2] = {
+  io::IoRequest reqs[2] = {
       {data_fd_, slot * chunk_size_, const_cast<char*>(data.data()), data.size(), true},
       {sums_fd_, TableOffset(slot), const_cast<uint32_t*>(table.data()), table.size_bytes(), true},
   };
@@ -74,7 +74,7 @@ Status ChunkStore::Read(uint64_t slot, uint32_t offset, std::span<char> out,
       table.size() > BlocksFor(chunk_size_)) {
     return Status::Error(Code::kInvalidArgument, "chunk store read out of range");
   }
-  IoRequest reqs[2] = {
+  io::IoRequest reqs[2] = {
       {data_fd_, slot * chunk_size_ + offset, out.data(), out.size(), false},
       {sums_fd_, TableOffset(slot), table.data(), table.size_bytes(), false},
   };
@@ -82,8 +82,8 @@ Status ChunkStore::Read(uint64_t slot, uint32_t offset, std::span<char> out,
 }
 
 Status ChunkStore::ReadTable(uint64_t slot, std::span<uint32_t> table) {
-  IoRequest req{sums_fd_, TableOffset(slot), table.data(), table.size_bytes(), false};
-  return rings_.Run(std::span<IoRequest>(&req, 1));
+  io::IoRequest req{sums_fd_, TableOffset(slot), table.data(), table.size_bytes(), false};
+  return rings_.Run(std::span<io::IoRequest>(&req, 1));
 }
 
 Status ChunkStore::Punch(uint64_t slot) {

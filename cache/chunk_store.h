@@ -19,7 +19,7 @@
 #include <span>
 #include <string>
 
-#include "cache/io_rings.h"
+#include "io/rings.h"
 #include "util/status.h"
 
 namespace goldcache::cache {
@@ -27,7 +27,7 @@ namespace goldcache::cache {
 class ChunkStore {
  public:
   static Result<std::unique_ptr<ChunkStore>> Open(const std::string& dir, uint32_t chunk_size,
-                                                  uint64_t slots, IoRings& rings);
+                                                  uint64_t slots, io::IoRings& rings);
   ~ChunkStore();
   ChunkStore(const ChunkStore&) = delete;
   ChunkStore& operator=(const ChunkStore&) = delete;
@@ -47,14 +47,14 @@ class ChunkStore {
   Status Sync();
 
  private:
-  ChunkStore(int data_fd, int sums_fd, uint32_t chunk_size, uint64_t slots, IoRings& rings);
+  ChunkStore(int data_fd, int sums_fd, uint32_t chunk_size, uint64_t slots, io::IoRings& rings);
   uint64_t TableOffset(uint64_t slot) const;
 
   const int data_fd_;
   const int sums_fd_;
   const uint32_t chunk_size_;
   const uint64_t slots_;
-  IoRings& rings_;
+  io::IoRings& rings_;
   std::atomic<uint64_t> writes_{0};         // Writes completed
   std::atomic<uint64_t> synced_writes_{0};  // Writes known durable
 };

@@ -18,7 +18,7 @@ class ChunkStoreTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string dir_;
-  IoRings rings_;
+  io::IoRings rings_;
 };
 
 TEST_F(ChunkStoreTest, WritesAndReadsBackSlotsIndependently) {

@@ -82,7 +82,7 @@
 #include <utility>
 #include <vector>
 
-#include "cache/io_rings.h"
+#include "io/rings.h"
 
 namespace goldcache::overlay {
 namespace {
@@ -210,7 +210,7 @@ struct OverlayStore::Impl {
   }
 
   const OverlayOptions options;
-  cache::IoRings rings;
+  io::IoRings rings;
   std::atomic<uint64_t> ram_bytes{0};   // host RAM tier total, reservations included
   std::atomic<uint64_t> disk_bytes{0};  // host disk tier total, live data
   std::atomic<uint64_t> next_serial{1};
@@ -238,7 +238,8 @@ struct Overlay::Impl {
         budget(s.options.ram_per_desktop),
         path(s.options.dir + "/" + FileNameFor(serial, desktop)),
         size(base),
-        base_limit(base) {}
+        base_limit(base),
+        seen_size(base) {}
 
   ~Impl() {
     std::lock_guard lock(mu);
@@ -275,7 +276,7 @@ struct Overlay::Impl {
   Status Evacuate(uint64_t slot);
   void FreeDeadSegments();
   void Maintain();
-  Status RunBatched(std::vector<cache::IoRequest>& reqs);
+  Status RunBatched(std::vector<io::IoRequest>& reqs);
 
   // Publishes this overlay's byte counts to the store totals and gauges;
   // `reserved` bytes of RAM were already added to the host total by
@@ -301,7 +302,10 @@ struct Overlay::Impl {
   uint64_t log_bytes = 0;         // GUARDED_BY(mu): written bytes of all segments (live + garbage)
   int64_t ram_extent_count = 0;   // GUARDED_BY(mu)
   int64_t disk_extent_count = 0;  // GUARDED_BY(mu)
-  uint64_t pub_ram = 0, pub_live = 0, pub_log = 0;    // GUARDED_BY(mu): last Settle()
+  uint64_t pub_ram = 0, pub_live = 0, pub_log = 0;  // GUARDED_BY(mu): last Settle()
+  // What size(), ram_bytes() and disk_bytes() answer without mu, which a
+  // spill or compaction holds across its IO: set by Settle().
+  std::atomic<uint64_t> seen_size{0}, seen_ram{0}, seen_live{0};
   int64_t pub_ram_extents = 0, pub_disk_extents = 0;  // GUARDED_BY(mu)
 
   int fd = -1;                           // GUARDED_BY(mu): the log file, once opened
@@ -524,7 +528,7 @@ Result<size_t> Overlay::Impl::ReadLocked(uint64_t off, std::span<char> out,
   if (off >= size || out.empty()) return size_t{0};
   const uint64_t n = std::min<uint64_t>(out.size(), size - off);
   const uint64_t end = off + n;
-  std::vector<cache::IoRequest> reqs;
+  std::vector<io::IoRequest> reqs;
   auto gap = [&](uint64_t a, uint64_t b) {
     const uint64_t base_end = std::clamp(base_limit, a, b);
     if (a < base_end) from_base->push_back({a, base_end - a});
@@ -677,7 +681,7 @@ Status Overlay::Impl::AppendReserved(std::span<const char> bytes, std::vector<Pi
       return Status::FromErrno(err, "creating overlay log " + path);
     }
   }
-  std::vector<cache::IoRequest> reqs;
+  std::vector<io::IoRequest> reqs;
   for (uint64_t done = 0; done < bytes.size();) {
     if (head == kNoSlot || segments.at(head).written == seg_size) head = AllocSlot();
     Segment& s = segments.at(head);
@@ -770,7 +774,7 @@ Status Overlay::Impl::Evacuate(uint64_t slot) {
   const Segment& s = segments.at(slot);
   const uint64_t moved = s.live;
   std::vector<Range> ranges;
-  std::vector<cache::IoRequest> reqs;
+  std::vector<io::IoRequest> reqs;
   std::vector<char> buf(moved);
   uint64_t pos = 0;
   for (uint64_t start : s.extents) {  // ascending file offsets
@@ -852,7 +856,7 @@ void Overlay::Impl::Maintain() {
   dirty.clear();
 }
 
-Status Overlay::Impl::RunBatched(std::vector<cache::IoRequest>& reqs) {
+Status Overlay::Impl::RunBatched(std::vector<io::IoRequest>& reqs) {
   for (size_t i = 0; i < reqs.size(); i += kReadBatch) {
     const size_t n = std::min(kReadBatch, reqs.size() - i);
     Status st = store.rings.Run(std::span(reqs).subspan(i, n));
@@ -876,6 +880,9 @@ void Overlay::Impl::Settle(uint64_t reserved) {
   pub_ram = ram;
   pub_live = live;
   pub_log = log_bytes;
+  seen_size.store(size, std::memory_order_release);
+  seen_ram.store(ram, std::memory_order_relaxed);
+  seen_live.store(live, std::memory_order_relaxed);
   pub_ram_extents = ram_extent_count;
   pub_disk_extents = disk_extent_count;
 }
@@ -964,10 +971,7 @@ Overlay::Overlay(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Overlay::~Overlay() = default;
 
-uint64_t Overlay::size() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->size;
-}
+uint64_t Overlay::size() const { return impl_->seen_size.load(std::memory_order_acquire); }
 
 Result<size_t> Overlay::Read(uint64_t offset, std::span<char> out, BaseReader& base) {
   std::vector<Range> from_base;
@@ -1012,14 +1016,8 @@ void Overlay::Reset() {
   impl_->Discard();
 }
 
-uint64_t Overlay::ram_bytes() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->ram;
-}
+uint64_t Overlay::ram_bytes() const { return impl_->seen_ram.load(std::memory_order_relaxed); }
 
-uint64_t Overlay::disk_bytes() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->live;
-}
+uint64_t Overlay::disk_bytes() const { return impl_->seen_live.load(std::memory_order_relaxed); }
 
 }  // namespace goldcache::overlay

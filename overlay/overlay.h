@@ -118,6 +118,8 @@ class Overlay {
   // Back to the base: all writes discarded, size() = base size.
   void Reset();
 
+  // size(), ram_bytes() and disk_bytes() never wait for the overlay's IO:
+  // they answer as of the last change that completed.
   uint64_t ram_bytes() const;
   uint64_t disk_bytes() const;
 

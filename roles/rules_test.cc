@@ -1,4 +1,4 @@
-#include "agent/rules.h"
+#include "roles/rules.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -7,7 +7,7 @@
 #include <tuple>
 #include <vector>
 
-namespace goldcache::agent {
+namespace goldcache::roles {
 namespace {
 
 using ::testing::HasSubstr;
@@ -129,4 +129,4 @@ TEST(RoleTest, NamesRoundTrip) {
 }
 
 }  // namespace
-}  // namespace goldcache::agent
+}  // namespace goldcache::roles

@@ -1,5 +1,5 @@
 // Roles of files: which datastore paths are templates, which are desktops'
-// nonpersistent disks, and which pass through untouched (DESIGN.md §3).
+// nonpersistent disks, and which pass through untouched (docs/design.md §3).
 //
 // A RuleSet is an ordered list of (glob, role). RoleOf(path) returns the role
 // of the first rule whose glob matches the whole path, and kPassthrough when
@@ -32,7 +32,7 @@
 
 #include "util/status.h"
 
-namespace goldcache::agent {
+namespace goldcache::roles {
 
 enum class Role { kTemplate, kNonpersistent, kPassthrough };
 
@@ -64,4 +64,4 @@ class RuleSet {
   std::shared_ptr<const std::vector<Compiled>> compiled_;
 };
 
-}  // namespace goldcache::agent
+}  // namespace goldcache::roles

@@ -1,4 +1,4 @@
-#include "agent/datastore_fs.h"
+#include "roles/datastore_fs.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 
 #include "backing/metered_backing.h"
 
-namespace goldcache::agent {
+namespace goldcache::roles {
 namespace {
 
 std::string RandomBytes(size_t n, uint32_t seed) {
@@ -64,7 +64,7 @@ class DatastoreFsTest : public ::testing::Test {
   void MakeFs(std::chrono::milliseconds settle) {
     fs_.reset();
     DatastoreFs::Options options;
-    options.settle = settle;
+    options.templates.settle = settle;
     fs_ = std::make_unique<DatastoreFs>("ds", *backing_, rules_, *cache_, *overlays_, options,
                                         registry_);
   }
@@ -146,9 +146,9 @@ TEST_F(DatastoreFsTest, DesktopWritesStayOnTheHostAndVanishAtLastClose) {
   EXPECT_EQ(ReadAll(**a, want.size()), want);
   EXPECT_GT(Counter("goldcache_read_bytes_total", {{"source", "overlay"}}), 0u);
   (*a)->Release();
-  EXPECT_EQ(fs_->Desktops().size(), 1u);  // b still open
+  EXPECT_EQ(fs_->ListDesktops().size(), 1u);  // b still open
   (*b)->Release();
-  EXPECT_TRUE(fs_->Desktops().empty());  // last close: reset
+  EXPECT_TRUE(fs_->ListDesktops().empty());  // last close: reset
   auto c = fs_->Open(path, O_RDONLY);
   EXPECT_EQ(ReadAll(**c, content_.size()), content_);
   (*c)->Release();
@@ -335,18 +335,18 @@ TEST_F(DatastoreFsTest, DesktopsAndTemplatesCountTheirOwnIo) {
   auto n = (*d)->Read(0, std::span<char>(buf.data(), buf.size()));
   ASSERT_TRUE(n.ok());
 
-  auto templates = fs_->Templates();
+  auto templates = fs_->ListTemplates();
   ASSERT_EQ(templates.size(), 1u);
-  const DatastoreFs::IoCounts& ti = templates[0].io;
+  const IoCounts& ti = templates[0].io;
   EXPECT_EQ(ti.read_ops, 2u);
   EXPECT_EQ(ti.read_bytes, 2 * content_.size());
   EXPECT_EQ(ti.read_bytes_from_datastore, content_.size());
   EXPECT_GT(ti.read_latency_ns, 0u);
   EXPECT_EQ(ti.write_ops, 0u);
 
-  auto desktops = fs_->Desktops();
+  auto desktops = fs_->ListDesktops();
   ASSERT_EQ(desktops.size(), 1u);
-  const DatastoreFs::IoCounts& di = desktops[0].io;
+  const IoCounts& di = desktops[0].io;
   EXPECT_EQ(di.write_ops, 3u);
   EXPECT_EQ(di.write_bytes, 3 * data.size());
   EXPECT_GT(di.write_latency_ns, 0u);
@@ -361,9 +361,9 @@ TEST_F(DatastoreFsTest, DesktopsAndTemplatesCountTheirOwnIo) {
   // The reset on last close starts the next overlay's counts from zero.
   auto again = fs_->Open("pool/vm1.img", O_RDONLY);
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(fs_->Desktops().at(0).io.read_ops, 0u);
+  EXPECT_EQ(fs_->ListDesktops().at(0).io.read_ops, 0u);
   (*again)->Release();
 }
 
 }  // namespace
-}  // namespace goldcache::agent
+}  // namespace goldcache::roles

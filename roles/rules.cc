@@ -1,9 +1,9 @@
-#include "agent/rules.h"
+#include "roles/rules.h"
 
 #include <bitset>
 #include <utility>
 
-namespace goldcache::agent {
+namespace goldcache::roles {
 namespace {
 
 // One position of a component pattern.
@@ -222,4 +222,4 @@ Role RuleSet::RoleOf(std::string_view path) const {
   return Role::kPassthrough;
 }
 
-}  // namespace goldcache::agent
+}  // namespace goldcache::roles

@@ -13,7 +13,7 @@
 #include "cache/chunk_cache.h"
 #include "overlay/overlay.h"
 
-namespace goldcache::agent {
+namespace goldcache::roles {
 
 class LocalSpace : public overlay::DiskSpace {
  public:
@@ -56,4 +56,4 @@ class LocalSpace : public overlay::DiskSpace {
   uint64_t overlay_bytes_ = 0;  // GUARDED_BY(mu_)
 };
 
-}  // namespace goldcache::agent
+}  // namespace goldcache::roles

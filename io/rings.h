@@ -20,7 +20,7 @@
 
 struct io_uring;
 
-namespace goldcache::cache {
+namespace goldcache::io {
 
 struct IoRequest {
   int fd = -1;
@@ -56,4 +56,4 @@ class IoRings {
 // Synchronous fallback, also used for the remainder of a short transfer.
 Status RunWithSyscalls(std::span<IoRequest> requests);
 
-}  // namespace goldcache::cache
+}  // namespace goldcache::io

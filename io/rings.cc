@@ -1,4 +1,4 @@
-#include "cache/io_rings.h"
+#include "io/rings.h"
 
 #include <liburing.h>
 #include <spdlog/spdlog.h>
@@ -6,7 +6,7 @@
 
 #include <cstring>
 
-namespace goldcache::cache {
+namespace goldcache::io {
 
 IoRings::IoRings(unsigned depth) : depth_(depth) {
   auto ring = Acquire();
@@ -113,4 +113,4 @@ Status RunWithSyscalls(std::span<IoRequest> requests) {
   return Status::Ok();
 }
 
-}  // namespace goldcache::cache
+}  // namespace goldcache::io
