@@ -17,6 +17,7 @@
 
 #include "agent/config.h"
 #include "agent/control_server.h"
+#include "agent/inventory_metrics.h"
 #include "agent/stats_server.h"
 #include "backing/metered_backing.h"
 #include "backing/nfs_backing.h"
@@ -141,6 +142,16 @@ struct Agent {
     row["write_latency_seconds"] = static_cast<double>(io.write_latency_ns) * 1e-9;
   }
 
+  // Per-template and per-desktop series (inventory_metrics.h): appended to
+  // /metrics, and under "metrics" in /stats.
+  std::vector<InventoryFamily> Inventory() const {
+    std::vector<DatastoreInventory> inventory;
+    for (const Datastore& ds : datastores) {
+      inventory.push_back({ds.config.name, ds.fs->ListTemplates(), ds.fs->ListDesktops()});
+    }
+    return InventoryFamilies(inventory);
+  }
+
   static double Ratio(uint64_t part, uint64_t whole) {
     return whole == 0 ? 0.0 : static_cast<double>(part) / static_cast<double>(whole);
   }
@@ -180,6 +191,7 @@ struct Agent {
     j["read_bytes"] = served;
     j["offload_ratio"] = served == 0 ? 0.0 : 1.0 - Ratio(std::min(from_datastore, served), served);
     j["metrics"] = registry.RenderJson();
+    AddInventoryJson(Inventory(), j["metrics"]);
     return j;
   }
 
@@ -286,6 +298,17 @@ Result<std::unique_ptr<backing::Backing>> OpenDatastore(const DatastoreConfig& d
 
 int Serve(const AgentConfig& config) {
   metrics::Registry registry;
+  // A restart shows as a new start time (alerts count restarts with it).
+  registry
+      .GetGauge("goldcache_agent_start_time_seconds",
+                "When this agent process started, in seconds since the Unix epoch.")
+      .Set(std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count());
+  registry
+      .GetGauge("goldcache_agent_info", "Always 1; the agent's version is in the label.",
+                {{"version", GOLDCACHE_VERSION}})
+      .Set(1);
   cache::CacheOptions cache_options;
   cache_options.dir = config.cache.dir;
   cache_options.capacity_bytes = config.cache.size;
@@ -331,8 +354,8 @@ int Serve(const AgentConfig& config) {
   Agent agent{config, **cache, **overlays, datastores, registry};
 
   auto stats = StatsServer::Start(
-      config.stats.listen, registry, [&] { return agent.Stats(); },
-      config.stats.allow_non_loopback);
+      config.stats.listen, registry, [&] { return agent.Stats(); }, config.stats.allow_non_loopback,
+      [&] { return RenderInventoryPrometheus(agent.Inventory()); });
   if (!stats.ok()) return Fail(config.Where("stats.listen") + ": " + stats.status().message());
 
   ControlOptions control_options;

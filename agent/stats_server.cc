@@ -105,7 +105,8 @@ StatsServer::~StatsServer() {
 Result<std::unique_ptr<StatsServer>> StatsServer::Start(const std::string& listen,
                                                         metrics::Registry& registry,
                                                         std::function<nlohmann::json()> stats_json,
-                                                        bool allow_non_loopback) {
+                                                        bool allow_non_loopback,
+                                                        std::function<std::string()> more_metrics) {
   Result<ListenAddress> addr = ParseListenAddress(listen);
   if (!addr.ok()) return addr.status();
   if (!allow_non_loopback && !IsLoopbackHost(addr->host)) {
@@ -137,8 +138,11 @@ Result<std::unique_ptr<StatsServer>> StatsServer::Start(const std::string& liste
     res.set_content("method not allowed: this endpoint is read-only\n", "text/plain");
     return httplib::Server::HandlerResponse::Handled;
   });
-  server.Get("/metrics", [&registry](const httplib::Request&, httplib::Response& res) {
-    res.set_content(registry.RenderPrometheus(), "text/plain; version=0.0.4; charset=utf-8");
+  server.Get("/metrics", [&registry, more = std::move(more_metrics)](const httplib::Request&,
+                                                                     httplib::Response& res) {
+    std::string text = registry.RenderPrometheus();
+    if (more) text += more();
+    res.set_content(text, "text/plain; version=0.0.4; charset=utf-8");
   });
   server.Get("/stats", [fn = std::move(stats_json)](const httplib::Request&,
                                                     httplib::Response& res) {

@@ -1,16 +1,17 @@
 // The read-only HTTP endpoint for monitoring:
-//   GET /metrics  Prometheus text format 0.0.4 (the registry)
+//   GET /metrics  Prometheus text format 0.0.4 (the registry, then whatever
+//                 `more_metrics` returns: families the registry does not have)
 //   GET /stats    JSON for people and the CLI (whatever stats_json returns)
 //   GET /healthz  "ok\n"
 // Other paths answer 404; other methods 405 (HEAD is served like GET). The
 // endpoint has no authentication, so it binds to loopback unless the
 // operator explicitly allows otherwise.
 //
-// Threads: serves on its own threads. `stats_json` and the registry's
-// callback gauges are called from them, concurrently with the rest of the
+// Threads: serves on its own threads. `stats_json`, `more_metrics` and the
+// registry's callback gauges are called from them, concurrently with the rest of the
 // agent; both must be thread-safe.
 //
-// Ownership: `registry` and whatever `stats_json` captures must outlive the
+// Ownership: `registry` and whatever the functions capture must outlive the
 // StatsServer. The destructor stops the server and joins its threads.
 #pragma once
 
@@ -48,7 +49,8 @@ class StatsServer {
   static Result<std::unique_ptr<StatsServer>> Start(const std::string& listen,
                                                     metrics::Registry& registry,
                                                     std::function<nlohmann::json()> stats_json,
-                                                    bool allow_non_loopback = false);
+                                                    bool allow_non_loopback = false,
+                                                    std::function<std::string()> more_metrics = {});
   ~StatsServer();
   StatsServer(const StatsServer&) = delete;
   StatsServer& operator=(const StatsServer&) = delete;

@@ -96,6 +96,27 @@ TEST(StatsServerStartTest, StatsThatThrowGive500) {
   EXPECT_THAT(res->body, HasSubstr("index not open"));
 }
 
+TEST(StatsServerStartTest, MoreMetricsFollowTheRegistrysOnEachScrape) {
+  metrics::Registry registry;
+  registry.GetCounter("goldcache_cache_hits_total", "Hits.").Add(1);
+  int scrapes = 0;
+  auto server = StatsServer::Start("127.0.0.1:0", registry, nullptr, false, [&scrapes] {
+    ++scrapes;
+    return "# HELP goldcache_x_total X.\n# TYPE goldcache_x_total counter\ngoldcache_x_total " +
+           std::to_string(scrapes) + "\n";
+  });
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  httplib::Client client("127.0.0.1", (*server)->port());
+  for (int i = 1; i <= 2; ++i) {
+    auto res = client.Get("/metrics");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->body, registry.RenderPrometheus() +
+                             "# HELP goldcache_x_total X.\n# TYPE goldcache_x_total counter\n"
+                             "goldcache_x_total " +
+                             std::to_string(i) + "\n");
+  }
+}
+
 TEST(StatsServerStartTest, ServesOnIpv6Loopback) {
   metrics::Registry registry;
   auto server = StatsServer::Start("[::1]:0", registry, nullptr);
