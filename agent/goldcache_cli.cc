@@ -4,8 +4,10 @@
 //
 // Exit status: 0 done, 1 the agent answered with an error (or refused us),
 // 2 bad command-line input, 3 the agent is not running.
+#include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -19,10 +21,12 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent/control_client.h"
 #include "agent/control_server.h"
+#include "agent/top.h"
 #include "util/units.h"
 
 namespace goldcache::cli {
@@ -375,6 +379,165 @@ class ProgressDisplay {
 };
 
 // ---------------------------------------------------------------------------
+// `goldcache top`: two `stats` samples an interval apart make one frame
+// (top.h). On a terminal the frames replace each other on the alternate
+// screen until `q` or ^C; otherwise (a pipe, --once) they are printed one
+// after the other, 80 columns wide.
+
+struct termios g_saved_termios;
+volatile sig_atomic_t g_terminal_taken = 0;
+
+constexpr char kLeaveScreen[] = "\033[?25h\033[?1049l";  // cursor on, main screen back
+
+void RestoreTerminal() {
+  if (!g_terminal_taken) return;
+  g_terminal_taken = 0;
+  tcsetattr(STDIN_FILENO, TCSANOW, &g_saved_termios);
+  ssize_t ignored = write(STDOUT_FILENO, kLeaveScreen, sizeof(kLeaveScreen) - 1);
+  (void)ignored;
+}
+
+void OnTopSignal(int sig) {
+  RestoreTerminal();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+// The terminal in top's mode while it lives: keys unbuffered and not
+// echoed, the alternate screen, no cursor; put back on every way out.
+class TerminalMode {
+ public:
+  TerminalMode() {
+    if (tcgetattr(STDIN_FILENO, &g_saved_termios) != 0) return;
+    struct termios raw = g_saved_termios;
+    raw.c_lflag &= ~(ICANON | ECHO);
+    raw.c_cc[VMIN] = 0;
+    raw.c_cc[VTIME] = 0;
+    g_terminal_taken = 1;
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, OnTopSignal);
+    tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+    std::cout << "\033[?1049h\033[?25l" << std::flush;
+  }
+  ~TerminalMode() { RestoreTerminal(); }
+  TerminalMode(const TerminalMode&) = delete;
+  TerminalMode& operator=(const TerminalMode&) = delete;
+};
+
+// Waits up to `timeout` for a key on the terminal; true when it was `q`.
+bool QuitKeyWithin(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{STDIN_FILENO, POLLIN, 0};
+    int n = poll(&p, 1, static_cast<int>(left.count()));
+    if (n <= 0 || !(p.revents & POLLIN)) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      std::this_thread::sleep_until(deadline);  // stdin hung up: just wait
+      return false;
+    }
+    char c = 0;
+    if (read(STDIN_FILENO, &c, 1) == 1 && (c == 'q' || c == 'Q')) return true;
+  }
+}
+
+std::pair<int, int> StdoutSize() {
+  winsize ws{};
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 && ws.ws_row > 0) {
+    return {ws.ws_col, ws.ws_row};
+  }
+  return {80, 0};
+}
+
+int RunTop(const std::string& socket, bool once, bool as_json, std::chrono::milliseconds interval) {
+  const json request = {{"command", "stats"}};
+  auto fail = [](const Status& status) {
+    std::cerr << "goldcache: " << status.message() << "\n";
+    return agent::ControlClient::AgentNotRunning(status) ? kExitNotRunning : kExitAgentError;
+  };
+  Result<json> before = agent::ControlClient::Call(socket, request);
+  if (!before.ok()) return fail(before.status());
+
+  if (once || as_json) {
+    // Two tries: the agent may restart between the samples once.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      std::this_thread::sleep_for(interval);
+      Result<json> after = agent::ControlClient::Call(socket, request);
+      if (!after.ok()) return fail(after.status());
+      Result<json> rates = TopRates(*before, *after);
+      if (!rates.ok()) {
+        before = std::move(after);
+        continue;
+      }
+      if (as_json) {
+        std::cout << rates->dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+      } else {
+        for (const std::string& line : TopFrame(*rates, 80, 0)) std::cout << line << "\n";
+      }
+      std::cout << std::flush;
+      return std::cout.good() ? kExitOk : kExitAgentError;
+    }
+    std::cerr << "goldcache: the agent restarted twice while sampling\n";
+    return kExitAgentError;
+  }
+
+  const bool screen = isatty(STDOUT_FILENO) == 1 && isatty(STDIN_FILENO) == 1;
+  std::optional<TerminalMode> mode;
+  if (screen) mode.emplace();
+  std::vector<std::string> frame = {"goldcache top: collecting a second sample..."};
+  while (true) {
+    if (screen) {
+      std::string out = "\033[H";
+      for (const std::string& line : frame) out += line + "\033[K\n";
+      std::cout << out << "\033[J" << std::flush;
+      if (QuitKeyWithin(interval)) return kExitOk;
+    } else {
+      std::this_thread::sleep_for(interval);
+    }
+    Result<json> after = agent::ControlClient::Call(socket, request);
+    if (!after.ok()) {
+      mode.reset();
+      return fail(after.status());
+    }
+    Result<json> rates = TopRates(*before, *after);
+    before = std::move(after);
+    if (!rates.ok()) {
+      frame = {"goldcache top: the agent restarted; collecting again..."};
+      continue;
+    }
+    auto [columns, rows] = screen ? StdoutSize() : std::pair<int, int>{80, 0};
+    frame = TopFrame(*rates, columns, screen ? rows - 1 : 0);
+    if (!screen) {
+      for (const std::string& line : frame) std::cout << line << "\n";
+      std::cout << "\n" << std::flush;
+      if (!std::cout.good()) return kExitAgentError;
+    }
+  }
+}
+
+// The IO counters of templates and desktops are for --json and `top`
+// (rates); a person reading `list` gets the summary columns that fit a
+// terminal: a template's read bytes and hit ratio, a desktop's overlay.
+void DropIoCounters(json& answer) {
+  static const char* kTemplateKeys[] = {"read_ops", "datastore_read_bytes", "read_latency_seconds"};
+  static const char* kDesktopKeys[] = {
+      "read_ops",  "read_bytes",  "datastore_read_bytes", "hit_ratio",
+      "write_ops", "write_bytes", "read_latency_seconds", "write_latency_seconds"};
+  if (auto t = answer.find("templates"); t != answer.end() && t->is_array()) {
+    for (json& row : *t) {
+      for (const char* key : kTemplateKeys) row.erase(key);
+    }
+  }
+  if (auto d = answer.find("desktops"); d != answer.end() && d->is_array()) {
+    for (json& row : *d) {
+      for (const char* key : kDesktopKeys) row.erase(key);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 
 // Relative paths are the operator's, relative to their shell's directory,
 // which the agent does not know.
@@ -439,6 +602,19 @@ int Main(int argc, char** argv) {
   warm->add_option("--rate", rate_text,
                    "cap the read rate from the datastore, e.g. 100MiB/s (default: no cap)");
 
+  bool once = false;
+  std::string interval_text = "2s";
+  CLI::App* top = app.add_subcommand(
+      "top",
+      "a live view of this host, refreshed like top(1): per datastore the filer's load, per "
+      "template and per desktop IOPS, bytes/s, hit ratio, latency and overlay tiers, busiest "
+      "first; q quits");
+  top->add_flag("--once", once,
+                "take two samples an interval apart, print one frame and exit (for scripts; "
+                "with --json, the rates as JSON)");
+  top->add_option("--interval", interval_text,
+                  "time between samples, e.g. 2s (default) or 500ms; at least 100ms");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -446,6 +622,15 @@ int Main(int argc, char** argv) {
   }
 
   const std::string command = app.get_subcommands().front()->get_name();
+  if (command == "top") {
+    Result<std::chrono::milliseconds> interval = ParseDuration(interval_text);
+    if (!interval.ok() || *interval < std::chrono::milliseconds(100)) {
+      std::cerr << "goldcache: --interval: "
+                << (interval.ok() ? "must be at least 100ms" : interval.status().message()) << "\n";
+      return kExitUsage;
+    }
+    return RunTop(socket, once, as_json, *interval);
+  }
   json request = {{"command", command}};
   if (command == "reset") {
     request["path"] = AbsolutePath(path);
@@ -483,6 +668,7 @@ int Main(int argc, char** argv) {
   } else {
     // Every raw metric is for --json and Prometheus; a person gets the summary.
     if (command == "stats" && result->is_object()) result->erase("metrics");
+    if ((command == "stats" || command == "list") && result->is_object()) DropIoCounters(*result);
     for (const std::string& line : Render(*result)) std::cout << line << "\n";
   }
   std::cout << std::flush;
