@@ -5,6 +5,7 @@
 // or serving fails, 2 for bad command-line input.
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -296,7 +297,33 @@ Result<std::unique_ptr<backing::Backing>> OpenDatastore(const DatastoreConfig& d
   return backing::OpenPosixBacking(ds.source);
 }
 
+// The cache directory holds datastore paths and desktops' data: one the
+// agent makes is root's alone (the package makes /var/lib/goldcache 0700 as
+// well). One that exists keeps its mode, with a warning if others can read it.
+Status PrepareCacheDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::path path(dir);
+  if (!std::filesystem::exists(path, ec)) {
+    std::filesystem::create_directories(path.parent_path(), ec);
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status::FromErrno(errno, "cannot create the cache directory " + dir);
+    }
+    return Status::Ok();
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && (st.st_mode & 077) != 0) {
+    spdlog::warn(
+        "{}: mode {:04o} lets other users in; it holds datastore paths and desktops' data: "
+        "chmod 0700 it",
+        dir, st.st_mode & 07777);
+  }
+  return Status::Ok();
+}
+
 int Serve(const AgentConfig& config) {
+  if (Status st = PrepareCacheDir(config.cache.dir); !st.ok()) {
+    return Fail(config.Where("cache.dir") + ": " + st.message());
+  }
   metrics::Registry registry;
   // A restart shows as a new start time (alerts count restarts with it).
   registry
