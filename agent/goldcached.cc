@@ -471,7 +471,7 @@ int main(int argc, char** argv) {
       "(RAM, spilling to the cache dir) and never reach the datastore.\n"
       "The cache size is the local disk budget shared by the read cache and those writes;\n"
       "the writes come first. Runs in the foreground; stops cleanly on SIGTERM/SIGINT.\n"
-      "Configure with --config FILE (TOML, several datastores; see docs/operations.md)\n"
+      "Configure with --config FILE (TOML, several datastores; see goldcache.toml(5))\n"
       "or with the flags below for one datastore; flags override the file.\n"
       "Roles: the first matching --template/--nonpersistent glob wins (in the order given);\n"
       "other paths pass through. '*' matches within a path component, '**' any depth."};
