@@ -19,7 +19,7 @@ PACKAGES=(
   libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind
   qemu-utils fio python3 python3-pytest python3-prometheus-client dpkg-dev systemd
   procps util-linux ca-certificates file netbase
-  prometheus python3-yaml
+  lintian prometheus python3-yaml
 )
 
 missing=()
