@@ -95,7 +95,7 @@ struct DatastoreConfig {
   std::string mountpoint;   // where the agent mounts this datastore's view
   std::vector<Rule> rules;  // in order; the first match wins
   // nfs:// datastores (backing::NfsOptions): how long one datastore request
-  // may take before the read fails with EIO (DESIGN §4.6), and how many
+  // may take before the read fails with EIO (docs/design.md §4, contract 6), and how many
   // connections (requests in flight) the agent keeps to the filer. Per
   // datastore, since each is usually its own filer. Kept, but unused, for a
   // directory source: there the kernel's NFS mount options decide.

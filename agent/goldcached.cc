@@ -1,5 +1,5 @@
 // goldcached: the per-host agent. Mounts a FUSE view of one datastore whose
-// templates are served from the host's chunk cache (DESIGN §5).
+// templates are served from the host's chunk cache (docs/design.md §5).
 //
 // Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when it cannot start
 // or serving fails, 2 for bad command-line input.

@@ -1,6 +1,6 @@
 """nfsrig: a real NFS datastore on loopback, for tests, the demo and benchmarks.
 
-There is no kernel NFS server or client here (DESIGN §6). The rig runs
+There is no kernel NFS server or client here (docs/design.md §6). The rig runs
 nfs-ganesha (FSAL VFS) in user space over a local export directory, bound to
 127.0.0.1 on unprivileged ports, and libnfs (nfs-ls, nfs-cat, goldcache's
 nfs:// backing) talks to it:

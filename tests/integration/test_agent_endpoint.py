@@ -1,6 +1,7 @@
 """The statistics endpoint: /metrics in the Prometheus text format with the
-names of DESIGN §5 (parsed by Debian's python3-prometheus-client), /stats as
-JSON that agrees with /metrics, /healthz, read-only, loopback unless allowed."""
+names of docs/design.md §5 (parsed by Debian's python3-prometheus-client),
+/stats as JSON that agrees with /metrics, /healthz, read-only, loopback
+unless allowed."""
 
 import json
 import os

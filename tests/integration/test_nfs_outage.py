@@ -1,4 +1,4 @@
-"""A filer outage under a running desktop (DESIGN §4 invariant 6), over a real
+"""A filer outage under a running desktop (docs/design.md §4, contract 6), over a real
 NFS datastore: goldcached --datastore nfs://... --datastore-timeout 2s in front
 of nfs-ganesha on loopback (tests/integration/nfsrig.py).
 
