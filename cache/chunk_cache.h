@@ -1,5 +1,5 @@
-// cache/ — the host's read cache of template chunks (DESIGN §3 "template",
-// invariants 1, 2, 3, 5, 7).
+// cache/ — the host's read cache of template chunks (docs/design.md §3
+// "template"; §4, contracts 1, 2, 3, 5, 7).
 //
 // A template generation is cut into fixed-size chunks. A read is served from
 // the local store when the chunk is cached and proves good against its

@@ -33,7 +33,7 @@ TEST(ErrnoMapTest, ExactOsErrnoReachesTheDesktop) {
 }
 
 TEST(ErrnoMapTest, DatastoreTimeoutIsEioEvenFromEtimedout) {
-  // DESIGN.md contract 6: a miss that waited too long fails with EIO.
+  // docs/design.md §4, contract 6: a miss that waited too long fails with EIO.
   EXPECT_EQ(ToErrno(Status::FromErrno(ETIMEDOUT, "nfs read")), EIO);
   EXPECT_EQ(ToErrno(Status::Error(Code::kTimedOut, "chunk fetch")), EIO);
 }

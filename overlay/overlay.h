@@ -1,5 +1,5 @@
-// overlay/ — where a non-persistent desktop's writes live (DESIGN §3
-// "nonpersistent", invariants 4 and 5).
+// overlay/ — where a non-persistent desktop's writes live (docs/design.md §3
+// "nonpersistent"; §4, contracts 4 and 5).
 //
 // An Overlay holds everything one desktop file wrote over its base (the
 // datastore file's content, read through the chunk cache): written extents,
