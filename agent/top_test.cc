@@ -191,7 +191,9 @@ TEST(Compact, FormsFitTheirColumns) {
   for (double v = 0.001; v < 1e13; v *= 1.7) {
     EXPECT_LE(CompactBytes(v).size(), 5u) << v;
     EXPECT_LE(CompactCount(v).size(), 5u) << v;
-    if (v < 1000) EXPECT_LE(CompactSeconds(v).size(), 5u) << v;
+    if (v < 1000) {
+      EXPECT_LE(CompactSeconds(v).size(), 5u) << v;
+    }
   }
 }
 
