@@ -148,7 +148,7 @@ uint64_t ChunkIndex::durable_sequence() const {
 
 size_t ChunkIndex::pending() const {
   std::lock_guard lock(mu_);
-  return queue_.size();
+  return queue_.size() + committing_;
 }
 
 void ChunkIndex::RequestCommit() {
@@ -169,6 +169,7 @@ Status ChunkIndex::CommitPending() {
   {
     std::lock_guard lock(mu_);
     changes.swap(queue_);
+    committing_ = changes.size();
   }
   if (changes.empty()) return Status::Ok();
   bool has_puts = false;
@@ -189,6 +190,7 @@ Status ChunkIndex::CommitPending() {
     st = FromRocks(db_->Write(wo, &batch), "committing the cache index");
   }
   std::lock_guard lock(mu_);
+  committing_ = 0;
   if (!st.ok()) {
     // Keep the changes, in order, ahead of anything queued meanwhile.
     changes.insert(changes.end(), std::make_move_iterator(queue_.begin()),

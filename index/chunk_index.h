@@ -75,6 +75,7 @@ class ChunkIndex {
   uint64_t Put(const ChunkKey& key, const ChunkRecord& rec);
   uint64_t Delete(const ChunkKey& key);
   uint64_t durable_sequence() const;
+  // Changes not yet durable: queued, or in a commit that has not finished.
   size_t pending() const;
   // Commits everything queued so far and waits for it.
   Status Flush();
@@ -105,6 +106,7 @@ class ChunkIndex {
   mutable std::mutex mu_;  // guards everything below
   std::condition_variable cv_;
   std::vector<Change> queue_;                                      // GUARDED_BY(mu_)
+  size_t committing_ = 0;  // GUARDED_BY(mu_): changes taken by the commit under way
   uint64_t next_seq_ = 1;                                          // GUARDED_BY(mu_)
   uint64_t durable_seq_ = 0;                                       // GUARDED_BY(mu_)
   bool stop_ = false;                                              // GUARDED_BY(mu_)

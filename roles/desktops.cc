@@ -30,7 +30,6 @@ class Desktops::DesktopFile : public fuse::OpenFile {
       : ds_(desktops), d_(std::move(desktop)), page_cache_(page_cache) {}
 
   Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
-    MarkActive();
     const auto start = std::chrono::steady_clock::now();
     // The base under the overlay: the datastore file through the chunk cache.
     struct Base : overlay::BaseReader {
@@ -107,8 +106,10 @@ class Desktops::DesktopFile : public fuse::OpenFile {
   const std::shared_ptr<Desktop>& desktop() const { return d_; }
 
  private:
-  // IO on a handle whose descriptor was closed: it lives on elsewhere (a
-  // dup, a fork), so its session is not closing.
+  // A change through a handle whose descriptor was closed: it lives on
+  // elsewhere (a dup, a fork), so its session is not closing. Reads do not
+  // count: the kernel's readahead for a descriptor can arrive after its
+  // close; a handle that only reads outlives the release wait instead.
   void MarkActive() {
     if (!idle_.load(std::memory_order_acquire)) return;
     std::lock_guard lock(ds_.mu_);

@@ -12,10 +12,12 @@
 //    kernel sends a handle's RELEASE after close(2) returned, so a VM
 //    restarted at once can open the file again while the old session still
 //    counts as open: when every handle of the session has had its
-//    descriptor closed (FLUSH) with no IO since, the open waits (at most
-//    kReleaseWait) for their release and starts a new session; a handle
-//    that is still in use elsewhere (dup, fork, mmap) shows it by its IO, or
-//    by outliving the wait, and the open joins it.
+//    descriptor closed (FLUSH) with no change since, the open waits (at
+//    most kReleaseWait) for their release and starts a new session; a
+//    handle that is still in use elsewhere (dup, fork, mmap) shows it by a
+//    write, or by outliving the wait, and the open joins it. (Reads do not
+//    show it: the kernel's readahead of a closed descriptor can still
+//    arrive.)
 //  - Files created in a nonpersistent area exist only on this host: they
 //    survive close, can be renamed and unlinked, and are gone on Reset() or
 //    unlink. They are listed in their directory alongside datastore entries.
