@@ -197,47 +197,32 @@ struct Agent {
   }
 
   // Reads a template through the cache so the next boot storm finds it there.
-  Result<nlohmann::json> Warm(DatastoreFs& fs, const std::string& path, uint64_t rate,
+  // Reads a template through the cache so the next boot storm finds it there.
+  Result<nlohmann::json> Warm(DatastoreFs& fs, const std::string& path, uint64_t rate, bool pin,
                               const Progress& progress) {
-    auto file = fs.Open(path, O_RDONLY);
-    if (!file.ok()) return file.status();
-    auto st = (*file)->Stat();
-    if (!st.ok()) return st.status();
-    const uint64_t size = st->st_size;
-    std::vector<char> buf(cache.chunk_size());
     const auto start = std::chrono::steady_clock::now();
-    auto last_report = start;
-    uint64_t done = 0;
-    goldcache::Status result;
-    while (done < size) {
-      auto n = (*file)->Read(done, buf);
-      if (!n.ok()) {
-        result = n.status();
-        break;
-      }
-      if (*n == 0) break;
-      done += *n;
-      if (rate > 0) {  // hold the average at `rate` bytes per second
-        std::this_thread::sleep_until(
-            start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                        std::chrono::duration<double>(static_cast<double>(done) / rate)));
-      }
-      auto now = std::chrono::steady_clock::now();
-      if (now - last_report > std::chrono::milliseconds(200) || done == size) {
-        last_report = now;
-        if (!progress({{"done_bytes", done}, {"total_bytes", size}})) {
-          result = goldcache::Status::Error(Code::kIoError, "client went away");
-          break;
-        }
-      }
+    bool client_gone = false;
+    auto report = fs.Warm(path, rate, [&](uint64_t done, uint64_t total) {
+      client_gone = !progress({{"done_bytes", done}, {"total_bytes", total}});
+      return !client_gone;
+    });
+    if (!report.ok()) {
+      if (client_gone) return goldcache::Status::Error(Code::kIoError, "client went away");
+      return report.status();
     }
-    (*file)->Release();
-    if (!result.ok()) return result;
-    return nlohmann::json{
+    nlohmann::json out{
         {"path", path},
-        {"bytes", done},
+        {"bytes", report->bytes},
+        {"fetched_bytes", report->from_datastore},
+        {"already_cached_bytes", report->bytes - report->from_datastore},
+        {"generation", report->generation},
         {"seconds",
          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
+    if (pin) {
+      GC_RETURN_IF_ERROR(cache.Pin(report->generation, true));
+      out["pinned_generation"] = report->generation;
+    }
+    return out;
   }
 
   Result<nlohmann::json> Handle(const nlohmann::json& req, const Progress& progress) {
@@ -263,14 +248,8 @@ struct Agent {
       return nlohmann::json{{"path", path}, {"reset", true}};
     }
     if (command == "warm") {
-      auto warmed = Warm(*ds->fs, path, req.value("rate_bytes_per_second", uint64_t{0}), progress);
-      if (!warmed.ok() || !req.value("pin", false)) return warmed;
-      // The open in Warm bound the file's current generation: the newest one.
-      auto gens = cache.GenerationsOf(cache_path);
-      if (gens.empty()) return goldcache::Status::Error(Code::kNotFound, path + ": not cached");
-      GC_RETURN_IF_ERROR(cache.Pin(gens.back(), true));
-      (*warmed)["pinned_generation"] = gens.back();
-      return warmed;
+      return Warm(*ds->fs, path, req.value("rate_bytes_per_second", uint64_t{0}),
+                  req.value("pin", false), progress);
     }
     if (command == "evict") {
       uint64_t bytes = 0;

@@ -1,13 +1,33 @@
+// The chunk cache's machinery (the contract is chunk_cache.h):
+//
+//   Read    pieces per chunk -> each shard's map: hit (pin the slot), a flight
+//           in progress (join it), or a miss (lead a new flight). Led
+//           fetches go to the fetch pool, in parallel; then hits are read
+//           from the store and flights waited for (a flight whose task no
+//           pool thread has started yet is run by its waiter, so a reader
+//           never queues behind other work). A sequential run then queues
+//           readahead.
+//   Flight  one fetch of one chunk: its bytes, once there, serve every
+//           waiter and every reader that comes while it is stored.
+//   Store   write-behind threads checksum the bytes, take a slot (evicting
+//           in batches), write data and checksums, publish the entry, and
+//           queue its index record; the index commits records only after
+//           the store is synced (data durable before the index names it).
+//
+// Locks: each shard's mu guards its map, flights, eviction lists and table
+// cache; space_mu_ the free slots; gen_mu_ the per-generation byte counts;
+// pin_mu_ the pinned generations. Order: shard mu, then space_mu_, gen_mu_
+// or pin_mu_ (never two shards at once). None is held across IO, a RocksDB
+// write or a wait for a flight.
+
 #include "cache/chunk_cache.h"
 
-#include <fcntl.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <list>
 
 #include "cache/checksum.h"
 
@@ -16,18 +36,58 @@ namespace {
 
 constexpr int kMaxAttempts = 3;
 constexpr char kRunningMarker[] = "RUNNING";
-constexpr char kFormatVersion[] = "1";
+// 2: one store.dat of slots with their checksums (1 was chunks.dat + sums.dat).
+constexpr char kFormatVersion[] = "2";
+constexpr char kOrderMeta[] = "eviction_order";
+// How far behind or ahead of a run's end a read may land and still continue
+// it: the queue of one reader reorders its reads a little.
+constexpr uint64_t kRunSlackBehind = 2ull << 20;
+constexpr uint64_t kRunSlackAhead = 1ull << 20;
+constexpr auto kOrderCheckpoint = std::chrono::seconds(30);
+// How long a reader's thread, holding its bytes already, waits for room in
+// the write-behind queue before the chunk goes uncached.
+constexpr auto kReaderQueueWait = std::chrono::milliseconds(500);
 
-Status SyncDir(const std::string& dir) {
-  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "opening " + dir);
-  int rc = fsync(fd);
-  int err = errno;
-  close(fd);
-  return rc == 0 ? Status::Ok() : Status::FromErrno(err, "syncing " + dir);
-}
+std::atomic<uint32_t> next_stream_id{1};
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// ReadStream
+
+struct ReadStream::State {
+  const uint32_t id = next_stream_id.fetch_add(1, std::memory_order_relaxed);
+  std::mutex mu;
+  bool has_run = false;          // GUARDED_BY(mu)
+  uint64_t run_start = 0;        // GUARDED_BY(mu)
+  uint64_t run_high = 0;         // GUARDED_BY(mu)
+  uint64_t readahead_until = 0;  // GUARDED_BY(mu): chunks below this were queued in this run
+  std::atomic<uint64_t> epoch{1};
+};
+
+ReadStream::ReadStream() : state_(std::make_shared<State>()) {}
+
+ReadStream::~ReadStream() { state_->epoch.fetch_add(1, std::memory_order_relaxed); }
+
+ReadStream::Run ReadStream::Note(uint64_t offset, uint64_t end) {
+  std::lock_guard lock(state_->mu);
+  State& s = *state_;
+  const bool continues =
+      s.has_run && offset + kRunSlackBehind >= s.run_high && offset <= s.run_high + kRunSlackAhead;
+  if (!continues) {
+    s.epoch.fetch_add(1, std::memory_order_relaxed);
+    s.has_run = true;
+    s.run_start = offset;
+    s.run_high = end;
+    s.readahead_until = 0;
+  } else {
+    s.run_high = std::max(s.run_high, end);
+  }
+  return Run{s.epoch.load(std::memory_order_relaxed), s.run_high - s.run_start};
+}
+
+// ---------------------------------------------------------------------------
+// Internals
 
 struct ChunkCache::Metrics {
   explicit Metrics(metrics::Registry& r)
@@ -42,7 +102,7 @@ struct ChunkCache::Metrics {
             "Cached chunks that failed checksum verification (dropped and refetched).")),
         single_flight_waits(
             r.GetCounter("goldcache_cache_single_flight_waits_total",
-                         "Reads that waited for another reader's fetch of the same chunk.")),
+                         "Reads that were served by another reader's fetch of the same chunk.")),
         uncached(
             r.GetCounter("goldcache_cache_uncached_fills_total",
                          "Fetched chunks served without being stored (no slot or store error).")),
@@ -50,11 +110,23 @@ struct ChunkCache::Metrics {
             "goldcache_cache_unsettled_fills_total",
             "Fetched chunks served without being stored because their generation changed on the "
             "datastore less than [cache] settle ago (it may still be being written).")),
+        write_behind_full(r.GetCounter(
+            "goldcache_cache_write_behind_full_total",
+            "Fetched chunks served without being stored because the write-behind queue was "
+            "full (the local disk is slower than the datastore).")),
+        readahead(r.GetCounter("goldcache_cache_readahead_chunks_total",
+                               "Chunks fetched ahead of a sequential reader.")),
+        readahead_late(r.GetCounter(
+            "goldcache_cache_readahead_late_total",
+            "Reads that found the chunk they need still being fetched ahead of them.")),
         store_errors(
             r.GetCounter("goldcache_errors_total", "Errors by kind.", {{"kind", "local_store"}})),
         recovered_dropped(
             r.GetCounter("goldcache_cache_recovery_dropped_total",
-                         "Chunks dropped at startup because they could not be proved good.")) {}
+                         "Chunks dropped at startup because they could not be proved good.")),
+        write_behind_bytes(r.GetGauge(
+            "goldcache_cache_write_behind_bytes",
+            "Bytes of fetched chunks handed to readers and waiting to be stored locally.")) {}
   metrics::Counter& hits;
   metrics::Counter& misses;
   metrics::Counter& evictions;
@@ -62,12 +134,77 @@ struct ChunkCache::Metrics {
   metrics::Counter& single_flight_waits;
   metrics::Counter& uncached;
   metrics::Counter& unsettled;
+  metrics::Counter& write_behind_full;
+  metrics::Counter& readahead;
+  metrics::Counter& readahead_late;
   metrics::Counter& store_errors;
   metrics::Counter& recovered_dropped;
+  metrics::Gauge& write_behind_bytes;
 };
 
+struct ChunkCache::Entry {
+  index::ChunkRecord rec;
+  // The checksum table, once verified against rec.table_hash; with its
+  // place in the shard's table LRU.
+  std::shared_ptr<const std::vector<uint32_t>> table;
+  std::list<ChunkKey>::iterator table_it;
+};
+
+struct ChunkCache::Flight {
+  enum State : int { kFetching, kReady, kFailed };
+  ChunkKey key;
+  uint64_t chunk_start = 0;
+  uint32_t chunk_len = 0;
+  bool prefetch = false;
+  EvictionPolicy::Use use;  // of the reader that started it: how it enters the lists
+  std::atomic<int> state{kFetching};
+  std::atomic<bool> demanded{false};      // a reader waits for it: never abandoned
+  bool cacheable = false;                 // decided before the fetch
+  Status status;                          // set before state leaves kFetching
+  std::vector<char> data;                 // valid, and never changed, once kReady
+  std::shared_ptr<FetchPool::Task> task;  // set before the flight is visible to others
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+struct ChunkCache::Shard {
+  Shard(size_t capacity, size_t tables)
+      : policy(capacity), table_limit(std::max<size_t>(tables, 1)) {}
+  std::mutex mu;
+  std::unordered_map<ChunkKey, Entry, index::ChunkKeyHash> entries;  // GUARDED_BY(mu)
+  std::unordered_map<ChunkKey, std::shared_ptr<Flight>, index::ChunkKeyHash>
+      flights;                    // GUARDED_BY(mu)
+  EvictionPolicy policy;          // GUARDED_BY(mu)
+  std::list<ChunkKey> table_lru;  // GUARDED_BY(mu): entries with a table, front = recent
+  const size_t table_limit;
+  std::atomic<size_t> size{0};  // entries.size(), read without mu to pick eviction shards
+};
+
+struct ChunkCache::Piece {
+  ChunkKey key;
+  uint64_t chunk_start = 0;
+  uint32_t chunk_len = 0;
+  uint32_t in_off = 0;
+  uint32_t n = 0;
+  char* dst = nullptr;
+  bool done = false;
+  int attempts = 0;
+  // A hit: its record and (if verified before) table; the slot is pinned.
+  std::optional<index::ChunkRecord> rec;
+  std::shared_ptr<const std::vector<uint32_t>> table;
+  // Else a flight, which this reader may lead.
+  std::shared_ptr<Flight> flight;
+  bool leader = false;
+};
+
+// ---------------------------------------------------------------------------
+// Open and close
+
 ChunkCache::ChunkCache(const CacheOptions& options)
-    : options_(options), chunk_size_(options.chunk_size), m_(new Metrics(*options.registry)) {}
+    : options_(options),
+      env_(options.env != nullptr ? *options.env : io::PosixEnv()),
+      chunk_size_(options.chunk_size),
+      m_(new Metrics(*options.registry)) {}
 
 Result<std::unique_ptr<ChunkCache>> ChunkCache::Open(const CacheOptions& options) {
   if (options.registry == nullptr) {
@@ -103,20 +240,45 @@ Status ChunkCache::Init() {
   index::ChunkIndex::Options io;
   io.dir = dir + "/index";
   io.flush_interval = options_.index_flush_interval;
-  io.before_commit = [this] { return store_->Sync(); };
+  io.before_commit = [this]() -> Status {
+    if (store_failed_.load()) {
+      return Status::Error(Code::kIoError, "the local store failed to sync earlier");
+    }
+    Status st = store_->Sync();
+    if (!st.ok()) {
+      // After a failed fsync Linux may report a later one as success: this
+      // store can no longer prove what it wrote. Cache nothing more.
+      if (!store_failed_.exchange(true)) {
+        m_->store_errors.Add();
+        spdlog::error(
+            "cache {}: syncing the local store failed ({}); nothing more is cached until the "
+            "agent restarts and re-proves every chunk. Check the local disk.",
+            options_.dir, st.ToString());
+      }
+    }
+    return st;
+  };
   auto index = index::ChunkIndex::Open(io);
   if (!index.ok()) return index.status();
   index_ = std::move(index).value();
 
   auto stored_chunk = index_->GetMeta("chunk_size");
   if (!stored_chunk.ok()) return stored_chunk.status();
-  if (stored_chunk->has_value() && **stored_chunk != std::to_string(chunk_size_)) {
-    spdlog::warn("cache {} was made with chunk size {}, now {}: discarding it", dir, **stored_chunk,
-                 chunk_size_);
+  auto stored_format = index_->GetMeta("format");
+  if (!stored_format.ok()) return stored_format.status();
+  const bool other_chunk =
+      stored_chunk->has_value() && **stored_chunk != std::to_string(chunk_size_);
+  const bool other_format = stored_format->has_value() && **stored_format != kFormatVersion;
+  if (other_chunk || other_format) {
+    spdlog::warn("cache {} was made with {} {}, now {}: discarding it", dir,
+                 other_chunk ? "chunk size" : "format",
+                 other_chunk ? **stored_chunk : **stored_format,
+                 other_chunk ? std::to_string(chunk_size_) : std::string(kFormatVersion));
     index_.reset();
     std::filesystem::remove_all(io.dir, ec);
-    std::filesystem::remove(dir + "/chunks.dat", ec);
-    std::filesystem::remove(dir + "/sums.dat", ec);
+    for (const char* f : {"chunks.dat", "sums.dat", ChunkStore::kFileName}) {
+      std::filesystem::remove(dir + "/" + f, ec);
+    }
     index = index::ChunkIndex::Open(io);
     if (!index.ok()) return index.status();
     index_ = std::move(index).value();
@@ -124,14 +286,27 @@ Status ChunkCache::Init() {
   GC_RETURN_IF_ERROR(index_->PutMeta("chunk_size", std::to_string(chunk_size_)));
   GC_RETURN_IF_ERROR(index_->PutMeta("format", kFormatVersion));
 
+  // The budget counts chunk bytes; each slot's checksums (4 KiB per MiB)
+  // come on top.
   slots_ = options_.capacity_bytes / chunk_size_;
-  auto store = ChunkStore::Open(dir, chunk_size_, slots_, rings_);
+  auto store = ChunkStore::Open(env_, dir, chunk_size_, slots_);
   if (!store.ok()) return store.status();
   store_ = std::move(store).value();
-  policy_ = std::make_unique<SlruPolicy>(std::max<uint64_t>(1, slots_ * 8 / 10));
-  slot_pins_.assign(slots_, 0);
+  slot_pins_.reset(new std::atomic<uint32_t>[slots_]);
+  for (uint64_t i = 0; i < slots_; ++i) slot_pins_[i].store(0);
+
+  // Shards: enough that hits of many readers rarely meet on one lock, few
+  // enough that each keeps a meaningful share of the eviction lists.
+  size_t nshards = 1;
+  while (nshards < 16 && slots_ / (nshards * 2) >= 64) nshards *= 2;
+  const size_t tables = options_.table_cache_bytes /
+                        (uint64_t{BlocksFor(chunk_size_)} * sizeof(uint32_t) + 64) / nshards;
+  for (size_t i = 0; i < nshards; ++i) {
+    shards_.push_back(std::make_unique<Shard>((slots_ + nshards - 1) / nshards, tables));
+  }
 
   GC_RETURN_IF_ERROR(LoadRecords(recovered_from_crash_));
+  RestoreOrder();
   auto pins = index_->GetMeta("pinned_generations");
   if (!pins.ok()) return pins.status();
   if (pins->has_value()) {
@@ -144,10 +319,13 @@ Status ChunkCache::Init() {
   }
 
   // The marker goes down only once the loaded state is consistent.
-  int fd = open(marker.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::FromErrno(errno, "creating " + marker);
-  close(fd);
-  GC_RETURN_IF_ERROR(SyncDir(dir));
+  auto marker_file = env_.Open(marker, /*create=*/true, /*truncate=*/false);
+  if (!marker_file.ok()) return marker_file.status();
+  marker_file->reset();
+  GC_RETURN_IF_ERROR(env_.SyncDir(dir));
+
+  pool_ = std::make_unique<FetchPool>(options_.fetch_threads, options_.max_prefetch);
+  for (int i = 0; i < 2; ++i) wb_threads_.emplace_back([this] { StoreLoop(); });
 
   auto& r = *options_.registry;
   r.AddCallbackGauge("goldcache_cache_used_bytes", "Bytes of template data in the local cache.", {},
@@ -157,8 +335,10 @@ Status ChunkCache::Init() {
   r.AddCallbackGauge("goldcache_index_pending_records",
                      "Index changes not yet durable in RocksDB (committed every flush interval).",
                      {}, [this] { return static_cast<double>(index_->pending()); });
-  spdlog::info("cache {}: {} of {} slots in use, chunk size {}, io_uring {}", dir, entries_.size(),
-               slots_, chunk_size_, rings_.uses_io_uring() ? "on" : "off");
+  size_t cached = 0;
+  for (const auto& s : shards_) cached += s->size.load();
+  spdlog::info("cache {}: {} of {} slots in use, chunk size {}, {} shards", dir, cached, slots_,
+               chunk_size_, shards_.size());
   return Status::Ok();
 }
 
@@ -166,29 +346,35 @@ Status ChunkCache::LoadRecords(bool verify) {
   std::vector<bool> claimed(slots_, false);
   std::vector<ChunkKey> drop;
   std::vector<uint32_t> table;
-  Status st = index_->ForEachChunk([&](const ChunkKey& key, const index::ChunkRecord& rec) {
-    bool good = rec.slot < slots_ && !claimed[rec.slot] && rec.length > 0 &&
-                rec.length <= chunk_size_ && index_->GenerationOf(key.gen).has_value();
+  std::vector<char> scratch(verify ? chunk_size_ : 0);
+  GC_RETURN_IF_ERROR(index_->ForEachChunk([&](const ChunkKey& key, const index::ChunkRecord& rec) {
+    bool good =
+        rec.slot < slots_ && !claimed[rec.slot] && rec.length > 0 && rec.length <= chunk_size_;
     if (good && verify) {
-      table.resize(BlocksFor(rec.length));
-      good = store_->ReadTable(rec.slot, table).ok() &&
-             TableHash(table, key, rec.length) == rec.table_hash;
+      table.assign(BlocksFor(rec.length), 0);
+      Status st = store_->Read(rec.slot, 0, std::span<char>(scratch.data(), rec.length), table);
+      good = st.ok() && TableHash(table, key, rec.length) == rec.table_hash;
+      for (uint32_t b = 0; good && b < table.size(); ++b) {
+        const uint32_t off = b * kBlockSize;
+        const uint32_t len = std::min<uint32_t>(kBlockSize, rec.length - off);
+        good = BlockChecksum(std::span<const char>(scratch.data() + off, len)) == table[b];
+      }
     }
     if (!good) {
       drop.push_back(key);
       return;
     }
     claimed[rec.slot] = true;
-    entries_[key] = Entry{rec};
-    policy_->Insert(key);
+    Shard& shard = ShardOf(key);
+    shard.entries[key] = Entry{rec, nullptr, {}};
+    shard.size.store(shard.entries.size());
     used_bytes_ += rec.length;
     bytes_by_generation_[key.gen] += rec.length;
-  });
-  GC_RETURN_IF_ERROR(st);
+  }));
   for (const ChunkKey& key : drop) index_->Delete(key);
   if (!drop.empty()) {
     m_->recovered_dropped.Add(drop.size());
-    spdlog::warn("cache {}: dropped {} chunk records that could not be proved good", options_.dir,
+    spdlog::warn("cache {}: dropped {} chunk record(s) that could not be proved good", options_.dir,
                  drop.size());
     GC_RETURN_IF_ERROR(index_->Flush());
   }
@@ -198,18 +384,79 @@ Status ChunkCache::LoadRecords(bool verify) {
   return Status::Ok();
 }
 
+// The eviction order is one metadata value: per chunk, its list (1 byte) and
+// key (8 + 8 bytes, big-endian as the index keys), coldest first.
+Status ChunkCache::SaveOrder() {
+  std::string blob;
+  for (const auto& shard : shards_) {
+    std::vector<std::pair<ChunkKey, EvictionPolicy::List>> order;
+    {
+      std::lock_guard lock(shard->mu);
+      order = shard->policy.Order();
+    }
+    for (const auto& [key, list] : order) {
+      blob.push_back(static_cast<char>(list));
+      blob += index::EncodeChunkKey(key).substr(1);
+    }
+  }
+  return index_->PutMeta(kOrderMeta, blob);
+}
+
+void ChunkCache::RestoreOrder() {
+  auto blob = index_->GetMeta(kOrderMeta);
+  std::vector<std::pair<ChunkKey, EvictionPolicy::List>> saved;
+  if (blob.ok() && blob->has_value()) {
+    std::string_view b = **blob;
+    for (; b.size() >= 17; b.remove_prefix(17)) {
+      const auto list = static_cast<uint8_t>(b[0]);
+      auto key = index::DecodeChunkKey("c" + std::string(b.substr(1, 16)));
+      if (!key || list > 2) continue;
+      saved.emplace_back(*key, static_cast<EvictionPolicy::List>(list));
+    }
+  }
+  // Chunks the saved order does not know (stored after it was saved) are
+  // the coldest of probation; then the saved order, coldest first.
+  std::unordered_set<ChunkKey, index::ChunkKeyHash> known;
+  for (const auto& [key, list] : saved) known.insert(key);
+  for (const auto& shard : shards_) {
+    for (const auto& [key, entry] : shard->entries) {
+      if (!known.count(key)) shard->policy.Restore(key, EvictionPolicy::List::kProbation);
+    }
+  }
+  for (const auto& [key, list] : saved) {
+    Shard& shard = ShardOf(key);
+    if (shard.entries.count(key) && !shard.policy.Contains(key)) shard.policy.Restore(key, list);
+  }
+}
+
 ChunkCache::~ChunkCache() {
   if (!index_) return;
+  pool_.reset();  // runs or finishes every fetch still queued
+  {
+    std::lock_guard lock(wb_mu_);
+    wb_stop_ = true;
+  }
+  wb_cv_.notify_all();
+  for (auto& t : wb_threads_) t.join();
+  Status order = SaveOrder();
+  if (!order.ok())
+    spdlog::warn("cache {}: saving the eviction order: {}", options_.dir, order.ToString());
   Status st = index_->Flush();
   index_.reset();  // stops the committer
-  if (!st.ok()) {
+  if (!st.ok() || store_failed_.load()) {
     spdlog::error("cache {}: final index commit failed, next start re-proves chunks: {}",
-                  options_.dir, st.ToString());
+                  options_.dir, st.ok() ? "the local store failed to sync" : st.ToString());
     return;
   }
-  std::error_code ec;
-  std::filesystem::remove(options_.dir + "/" + kRunningMarker, ec);
-  (void)SyncDir(options_.dir);
+  (void)env_.Remove(options_.dir + "/" + kRunningMarker);
+  (void)env_.SyncDir(options_.dir);
+}
+
+// ---------------------------------------------------------------------------
+// Small accessors
+
+ChunkCache::Shard& ChunkCache::ShardOf(const ChunkKey& key) {
+  return *shards_[index::ChunkKeyHash{}(key) % shards_.size()];
 }
 
 Result<index::GenerationBinding> ChunkCache::BindGeneration(const index::GenerationKey& key) {
@@ -219,260 +466,568 @@ Result<index::GenerationBinding> ChunkCache::BindGeneration(const index::Generat
 Status ChunkCache::FlushIndex() { return index_->Flush(); }
 
 uint64_t ChunkCache::capacity_bytes() const {
-  std::lock_guard lock(mu_);
-  return (slots_ - lent_slots_.size()) * chunk_size_;
+  std::lock_guard lock(space_mu_);
+  return (slots_ - lent_slots_) * chunk_size_;
 }
 
-uint64_t ChunkCache::LendSpace(uint64_t bytes) {
-  const uint64_t want = (bytes + chunk_size_ - 1) / chunk_size_;
-  std::vector<uint64_t> taken;
-  for (int round = 0; round < 2 && taken.size() < want; ++round) {
-    {
-      std::lock_guard lock(mu_);
-      ReclaimLocked();
-      // Keep two slots: the cache still has to be able to serve a miss.
-      const uint64_t keep = 2;
-      uint64_t lendable = slots_ - lent_slots_.size() - taken.size();
-      lendable = lendable > keep ? lendable - keep : 0;
-      uint64_t n = std::min<uint64_t>(want - taken.size(), lendable);
-      if (free_slots_.size() < n) EvictLocked(n - free_slots_.size());
-      ReclaimLocked();
-      while (taken.size() < want && lendable > 0 && !free_slots_.empty()) {
-        taken.push_back(free_slots_.back());
-        free_slots_.pop_back();
-        --lendable;
-      }
-      if (taken.size() >= want || pending_free_.empty()) break;
-    }
-    // Evicted slots become free once their deletes are durable.
-    Status st = index_->Flush();
-    if (!st.ok())
-      spdlog::error("cache: index commit failed while lending space: {}", st.ToString());
-  }
-  for (uint64_t slot : taken) {
-    Status st = store_->Punch(slot);
-    if (!st.ok()) spdlog::warn("cache: {}", st.ToString());  // lent all the same: never reused
-  }
-  std::lock_guard lock(mu_);
-  lent_slots_.insert(lent_slots_.end(), taken.begin(), taken.end());
-  if (!taken.empty()) {
-    spdlog::debug("cache: lent {} bytes to overlays (capacity now {} bytes)",
-                  taken.size() * chunk_size_, (slots_ - lent_slots_.size()) * chunk_size_);
-  }
-  return taken.size() * chunk_size_;
+std::optional<index::ChunkRecord> ChunkCache::RecordOf(const ChunkKey& key) const {
+  Shard& shard = const_cast<ChunkCache*>(this)->ShardOf(key);
+  std::lock_guard lock(shard.mu);
+  auto it = shard.entries.find(key);
+  if (it == shard.entries.end()) return std::nullopt;
+  return it->second.rec;
 }
 
-uint64_t ChunkCache::ReturnSpace(uint64_t bytes) {
-  std::lock_guard lock(mu_);
-  uint64_t n = std::min<uint64_t>(bytes / chunk_size_, lent_slots_.size());
-  for (uint64_t i = 0; i < n; ++i) {
-    free_slots_.push_back(lent_slots_.back());
-    lent_slots_.pop_back();
-  }
-  return n * chunk_size_;
-}
-
-uint64_t ChunkCache::used_bytes() const {
-  std::lock_guard lock(mu_);
-  return used_bytes_;
-}
+uint64_t ChunkCache::used_bytes() const { return used_bytes_.load(); }
 
 uint64_t ChunkCache::cached_bytes_of(GenerationId gen) const {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(gen_mu_);
   auto it = bytes_by_generation_.find(gen);
   return it == bytes_by_generation_.end() ? 0 : it->second;
 }
 
+std::optional<EvictionPolicy::List> ChunkCache::ListOf(const ChunkKey& key) const {
+  Shard& shard = const_cast<ChunkCache*>(this)->ShardOf(key);
+  std::lock_guard lock(shard.mu);
+  return shard.policy.ListOf(key);
+}
+
+void ChunkCache::AddBytes(GenerationId gen, int64_t delta) {
+  std::lock_guard lock(gen_mu_);
+  uint64_t& v = bytes_by_generation_[gen];
+  v += static_cast<uint64_t>(delta);
+  if (v == 0) bytes_by_generation_.erase(gen);
+}
+
+EvictionPolicy::Use ChunkCache::UseOf(ReadStream* stream, bool scan) const {
+  const auto now = std::chrono::steady_clock::now() - epoch_;
+  return EvictionPolicy::Use{
+      stream != nullptr ? stream->state_->id : 0u, scan,
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now).count())};
+}
+
+// ---------------------------------------------------------------------------
+// Reads
+
 Result<ReadOutcome> ChunkCache::Read(GenerationId gen, uint64_t file_size, uint64_t offset,
-                                     std::span<char> out, ChunkSource& source) {
+                                     std::span<char> out, ChunkSource& source, ReadStream* stream,
+                                     std::shared_ptr<ChunkSource> source_ref) {
   ReadOutcome outcome;
-  if (offset >= file_size) return outcome;
+  if (offset >= file_size || out.empty()) return outcome;
   const uint64_t end = std::min<uint64_t>(offset + out.size(), file_size);
+  ReadStream::Run run{0, 0};
+  if (stream != nullptr) run = stream->Note(offset, end);
+  const EvictionPolicy::Use use = UseOf(stream, run.run_bytes >= kScanRunBytes);
+
+  std::vector<Piece> pieces;
   for (uint64_t pos = offset; pos < end;) {
+    Piece p;
     const uint64_t chunk = pos / chunk_size_;
-    const uint64_t chunk_start = chunk * chunk_size_;
-    const auto chunk_len =
-        static_cast<uint32_t>(std::min<uint64_t>(chunk_size_, file_size - chunk_start));
-    const auto in_off = static_cast<uint32_t>(pos - chunk_start);
-    const auto n = static_cast<uint32_t>(std::min<uint64_t>(end - pos, chunk_len - in_off));
-    GC_RETURN_IF_ERROR(ReadChunkRange(ChunkKey{gen, chunk}, chunk_start, chunk_len, in_off, n,
-                                      out.data() + (pos - offset), source, outcome));
-    pos += n;
-    outcome.bytes += n;
+    p.key = ChunkKey{gen, chunk};
+    p.chunk_start = chunk * chunk_size_;
+    p.chunk_len = static_cast<uint32_t>(std::min<uint64_t>(chunk_size_, file_size - p.chunk_start));
+    p.in_off = static_cast<uint32_t>(pos - p.chunk_start);
+    p.n = static_cast<uint32_t>(std::min<uint64_t>(end - pos, p.chunk_len - p.in_off));
+    p.dst = out.data() + (pos - offset);
+    pos += p.n;
+    pieces.push_back(std::move(p));
+  }
+
+  Status result;
+  std::vector<std::shared_ptr<Flight>> led;  // fetches this read started: they use `source`
+  for (bool pending = true; pending && result.ok();) {
+    pending = false;
+    // 1. Look every piece up, under its shard's lock only.
+    std::vector<Piece*> leaders;
+    for (Piece& p : pieces) {
+      if (p.done) continue;
+      if (++p.attempts > kMaxAttempts) {
+        result = Status::Error(Code::kIoError, "chunk " + std::to_string(p.key.chunk) +
+                                                   " kept failing verification after refetch");
+        break;
+      }
+      Shard& shard = ShardOf(p.key);
+      std::lock_guard lock(shard.mu);
+      Lookup(shard, p, use);
+      if (p.leader) {
+        leaders.push_back(&p);
+        led.push_back(p.flight);
+      }
+    }
+    // 2. Start this read's own fetches in the pool (in parallel; storing
+    // them may then wait for room there, never here). WaitFlight runs any
+    // that no pool thread has taken yet on this thread.
+    for (Piece* leader : leaders) {
+      auto flight = leader->flight;
+      if (!result.ok()) {
+        flight->status = result;
+        Finish(flight);
+        continue;
+      }
+      Shard& shard = ShardOf(flight->key);
+      auto task = pool_->Submit([this, flight, &source] { Fetch(flight, source); });
+      std::lock_guard lock(shard.mu);  // joiners read it under the lock
+      flight->task = std::move(task);
+    }
+    // 3. Hits from the store, then the flights. Every piece looked up is
+    // settled here (slots unpinned, flights waited for), whatever fails.
+    for (Piece& p : pieces) {
+      if (p.done || (!p.rec && !p.flight)) continue;
+      Status st = p.rec ? ServeHit(p) : WaitFlight(p, outcome);
+      if (st.code() == Code::kCorruption || st.code() == Code::kAborted) {
+        pending = true;  // dropped or abandoned: look it up again
+        continue;
+      }
+      if (!st.ok() && result.ok()) result = st;
+      p.done = st.ok();
+    }
+  }
+  for (const auto& flight : led) {
+    if (flight->task) pool_->RunOrWait(flight->task);
+  }
+  GC_RETURN_IF_ERROR(result);
+  outcome.bytes = end - offset;
+
+  // 4. A sequential run fetches its next chunks ahead of it.
+  if (stream != nullptr && source_ref != nullptr && options_.readahead_chunks > 0 &&
+      run.run_bytes >= 2ull * chunk_size_) {
+    Readahead(gen, file_size, (end - 1) / chunk_size_ + 1, *stream, run, source_ref);
   }
   return outcome;
 }
 
-Status ChunkCache::ReadChunkRange(const ChunkKey& key, uint64_t chunk_start, uint32_t chunk_len,
-                                  uint32_t in_off, uint32_t n, char* dst, ChunkSource& source,
-                                  ReadOutcome& outcome) {
-  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
-    std::optional<index::ChunkRecord> rec;
-    std::shared_ptr<Flight> flight;
-    bool leader = false;
-    {
-      std::lock_guard lock(mu_);
-      if (auto it = entries_.find(key); it != entries_.end()) {
-        rec = it->second.rec;
-        ++slot_pins_[rec->slot];
-        policy_->Touch(key);
-      } else if (auto f = flights_.find(key); f != flights_.end()) {
-        flight = f->second;
-      } else {
-        flight = std::make_shared<Flight>();
-        flights_.emplace(key, flight);
-        leader = true;
-      }
-    }
-
-    if (rec) {
-      Status st = ReadFromStore(key, *rec, in_off, n, dst);
-      std::lock_guard lock(mu_);
-      --slot_pins_[rec->slot];
-      if (st.ok()) {
-        m_->hits.Add();
-        return st;
-      }
-      if (st.code() == Code::kCorruption) {
-        m_->checksum_failures.Add();
-        spdlog::warn("cache: chunk {} of generation {} failed its checksum ({}); refetching",
-                     key.chunk, key.gen, st.message());
-      } else {
-        m_->store_errors.Add();
-        spdlog::error("cache: reading chunk {} of generation {} failed: {}; refetching", key.chunk,
-                      key.gen, st.ToString());
-      }
-      DropLocked(key, *rec);
-      continue;
-    }
-
-    m_->misses.Add();
-    if (leader) {
-      FetchAndStore(key, chunk_start, chunk_len, source, *flight);
-      if (flight->status.ok()) outcome.from_datastore += n;
-    } else {
-      m_->single_flight_waits.Add();
-      std::unique_lock lock(mu_);
-      flight_cv_.wait(lock, [&] { return flight->done; });
-    }
-    // The flight is done: its fields no longer change.
-    GC_RETURN_IF_ERROR(flight->status);
-    std::memcpy(dst, flight->data.data() + in_off, n);
-    return Status::Ok();
+void ChunkCache::Lookup(Shard& shard, Piece& p, const EvictionPolicy::Use& use) {
+  p.rec.reset();
+  p.table.reset();
+  p.flight.reset();
+  p.leader = false;
+  if (auto it = shard.entries.find(p.key); it != shard.entries.end()) {
+    p.rec = it->second.rec;
+    p.table = it->second.table;
+    slot_pins_[p.rec->slot].fetch_add(1);
+    shard.policy.Touch(p.key, use);
+    if (p.table)
+      shard.table_lru.splice(shard.table_lru.begin(), shard.table_lru, it->second.table_it);
+    return;
   }
-  return Status::Error(Code::kIoError, "chunk " + std::to_string(key.chunk) +
-                                           " kept failing verification after refetch");
+  m_->misses.Add();
+  if (auto f = shard.flights.find(p.key); f != shard.flights.end()) {
+    p.flight = f->second;
+    p.flight->demanded.store(true);
+    m_->single_flight_waits.Add();
+    return;
+  }
+  auto flight = std::make_shared<Flight>();
+  flight->key = p.key;
+  flight->chunk_start = p.chunk_start;
+  flight->chunk_len = p.chunk_len;
+  flight->use = use;
+  flight->demanded.store(true);
+  shard.flights.emplace(p.key, flight);
+  p.flight = std::move(flight);
+  p.leader = true;
 }
 
-Status ChunkCache::ReadFromStore(const ChunkKey& key, const index::ChunkRecord& rec,
-                                 uint32_t in_off, uint32_t n, char* dst) {
-  if (static_cast<uint64_t>(in_off) + n > rec.length) {
-    return Status::Error(Code::kCorruption, "record shorter than the file's chunk");
+Status ChunkCache::ServeHit(Piece& p) {
+  const index::ChunkRecord rec = *p.rec;
+  auto unpin = [&] {
+    slot_pins_[rec.slot].fetch_sub(1);
+    p.rec.reset();
+  };
+  Status st;
+  if (static_cast<uint64_t>(p.in_off) + p.n > rec.length) {
+    st = Status::Error(Code::kCorruption, "record shorter than the file's chunk");
   }
-  const uint32_t first = in_off / kBlockSize;
+  const uint32_t first = p.in_off / kBlockSize;
   const uint32_t span_off = first * kBlockSize;
   const uint32_t span_end =
-      std::min<uint32_t>(rec.length, (in_off + n + kBlockSize - 1) / kBlockSize * kBlockSize);
+      std::min<uint32_t>(rec.length, (p.in_off + p.n + kBlockSize - 1) / kBlockSize * kBlockSize);
   const uint32_t span_len = span_end - span_off;
   thread_local std::vector<char> scratch;
-  thread_local std::vector<uint32_t> table;
-  // Aligned requests (QEMU O_DIRECT, kernel readahead) land in place; others
-  // are read whole-block into scratch and copied.
-  const bool in_place = span_off == in_off && span_len == n;
-  char* buf = dst;
-  if (!in_place) {
+  thread_local std::vector<uint32_t> fresh_table;
+  // Block-aligned requests (QEMU O_DIRECT, kernel readahead) land in place;
+  // others are read whole-block into scratch and copied.
+  const bool in_place = span_off == p.in_off && span_len == p.n;
+  char* buf = p.dst;
+  if (st.ok() && !in_place) {
     scratch.resize(span_len);
     buf = scratch.data();
   }
-  table.resize(BlocksFor(rec.length));
-  GC_RETURN_IF_ERROR(store_->Read(rec.slot, span_off, std::span<char>(buf, span_len), table));
-  if (TableHash(table, key, rec.length) != rec.table_hash) {
-    return Status::Error(Code::kCorruption, "checksum table does not match its record");
-  }
-  for (uint32_t off = 0, b = first; off < span_len; off += kBlockSize, ++b) {
-    uint32_t len = std::min<uint32_t>(kBlockSize, span_len - off);
-    if (BlockChecksum(std::span<const char>(buf + off, len)) != table[b]) {
-      return Status::Error(Code::kCorruption, "block " + std::to_string(b) + " mismatch");
+  const std::vector<uint32_t>* table = p.table.get();
+  if (st.ok()) {
+    if (table != nullptr) {
+      // The table was proved before: only the data is read.
+      st = store_->Read(rec.slot, span_off, std::span<char>(buf, span_len), {});
+    } else {
+      fresh_table.resize(BlocksFor(rec.length));
+      st = store_->Read(rec.slot, span_off, std::span<char>(buf, span_len), fresh_table);
+      if (st.ok() && TableHash(fresh_table, p.key, rec.length) != rec.table_hash) {
+        st = Status::Error(Code::kCorruption, "checksum table does not match its record");
+      }
+      table = &fresh_table;
     }
   }
-  if (!in_place) std::memcpy(dst, buf + (in_off - span_off), n);
+  for (uint32_t off = 0, b = first; st.ok() && off < span_len; off += kBlockSize, ++b) {
+    const uint32_t len = std::min<uint32_t>(kBlockSize, span_len - off);
+    if (BlockChecksum(std::span<const char>(buf + off, len)) != (*table)[b]) {
+      st = Status::Error(Code::kCorruption, "block " + std::to_string(b) + " mismatch");
+    }
+  }
+  Shard& shard = ShardOf(p.key);
+  if (st.ok()) {
+    if (!in_place) std::memcpy(p.dst, buf + (p.in_off - span_off), p.n);
+    m_->hits.Add();
+    if (p.table == nullptr) {
+      // Keep the proved table: the next hit of this chunk reads data only.
+      auto kept = std::make_shared<const std::vector<uint32_t>>(fresh_table);
+      std::lock_guard lock(shard.mu);
+      auto it = shard.entries.find(p.key);
+      if (it != shard.entries.end() && it->second.rec == rec && !it->second.table) {
+        it->second.table = std::move(kept);
+        shard.table_lru.push_front(p.key);
+        it->second.table_it = shard.table_lru.begin();
+        while (shard.table_lru.size() > shard.table_limit) {
+          auto cold = shard.entries.find(shard.table_lru.back());
+          cold->second.table.reset();
+          shard.table_lru.pop_back();
+        }
+      }
+    }
+    unpin();
+    return st;
+  }
+  if (st.code() == Code::kCorruption) {
+    m_->checksum_failures.Add();
+    spdlog::warn("cache: chunk {} of generation {} failed its checksum ({}); refetching",
+                 p.key.chunk, p.key.gen, st.message());
+  } else {
+    m_->store_errors.Add();
+    spdlog::error("cache: reading chunk {} of generation {} failed: {}; refetching", p.key.chunk,
+                  p.key.gen, st.ToString());
+  }
+  {
+    std::lock_guard lock(shard.mu);
+    auto it = shard.entries.find(p.key);
+    if (it != shard.entries.end() && it->second.rec == rec) DropLocked(shard, p.key, true);
+  }
+  unpin();
+  return Status::Error(Code::kCorruption, "dropped a damaged chunk");
+}
+
+void ChunkCache::Fetch(const std::shared_ptr<Flight>& flight, ChunkSource& source) {
+  flight->cacheable = source.Cacheable() && !store_failed_.load();
+  flight->data.resize(flight->chunk_len);
+  auto got = source.ReadAt(flight->chunk_start, flight->data);
+  if (!got.ok()) {
+    flight->status = got.status();
+  } else if (*got != flight->chunk_len) {
+    flight->status =
+        Status::Error(Code::kStale, "datastore file is shorter than its generation says");
+  }
+  Finish(flight);
+}
+
+void ChunkCache::Finish(const std::shared_ptr<Flight>& flight) {
+  const bool ok = flight->status.ok();
+  {
+    std::lock_guard lock(flight->mu);
+    flight->state.store(ok ? Flight::kReady : Flight::kFailed, std::memory_order_release);
+  }
+  flight->cv.notify_all();  // the one wakeup of this flight's readers
+  // A pool thread waits for room in the write-behind queue (fetches then go
+  // at the pace of the local disk); a reader's own thread, which already
+  // has its bytes, waits a little at most: a stuck local disk must not hold
+  // a desktop's read.
+  if (ok && flight->cacheable &&
+      Enqueue(flight,
+              FetchPool::OnPoolThread() ? std::chrono::milliseconds::max() : kReaderQueueWait)) {
+    return;
+  }
+  if (ok && !flight->cacheable) (store_failed_.load() ? m_->uncached : m_->unsettled).Add();
+  Shard& shard = ShardOf(flight->key);
+  std::lock_guard lock(shard.mu);
+  auto it = shard.flights.find(flight->key);
+  if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
+}
+
+Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
+  Flight& f = *p.flight;
+  if (f.state.load(std::memory_order_acquire) == Flight::kFetching) {
+    std::shared_ptr<FetchPool::Task> task;
+    {
+      Shard& shard = ShardOf(f.key);
+      std::lock_guard lock(shard.mu);
+      task = f.task;
+    }
+    if (task) {
+      if (f.prefetch && !p.leader) m_->readahead_late.Add();
+      pool_->RunOrWait(task);  // not started yet: this reader runs it
+    }
+    std::unique_lock lock(f.mu);
+    f.cv.wait(lock, [&] { return f.state.load(std::memory_order_acquire) != Flight::kFetching; });
+  }
+  if (f.state.load(std::memory_order_acquire) == Flight::kFailed) {
+    Status st = f.status;
+    p.flight.reset();
+    return st;
+  }
+  std::memcpy(p.dst, f.data.data() + p.in_off, p.n);
+  if (p.leader) outcome.from_datastore += p.n;
+  p.flight.reset();
   return Status::Ok();
 }
 
-void ChunkCache::FetchAndStore(const ChunkKey& key, uint64_t chunk_start, uint32_t chunk_len,
-                               ChunkSource& source, Flight& flight) {
-  Status status;
-  std::optional<index::ChunkRecord> stored;
-  flight.data.resize(chunk_len);
-  // Asked before the read: bytes read after the file settled are whole.
-  const bool cacheable = source.Cacheable();
-  auto got = source.ReadAt(chunk_start, flight.data);
-  if (!got.ok()) {
-    status = got.status();
-  } else if (*got != chunk_len) {
-    status = Status::Error(Code::kStale, "datastore file is shorter than its generation says");
-  } else if (!cacheable) {
-    m_->unsettled.Add();
-  } else {
-    std::vector<uint32_t> table = ComputeTable(flight.data);
-    if (auto slot = AllocateSlot()) {
-      Status st = store_->Write(*slot, flight.data, table);
-      if (st.ok()) {
-        stored = index::ChunkRecord{*slot, chunk_len, TableHash(table, key, chunk_len)};
-      } else {
-        m_->store_errors.Add();
-        m_->uncached.Add();
-        spdlog::error("cache: storing chunk {} of generation {} failed: {}", key.chunk, key.gen,
-                      st.ToString());
-        std::lock_guard lock(mu_);
-        free_slots_.push_back(*slot);
-      }
-    } else {
-      m_->uncached.Add();
-    }
+std::shared_ptr<ChunkCache::Flight> ChunkCache::StartFetch(const ChunkKey& key, uint64_t file_size,
+                                                           const EvictionPolicy::Use& use,
+                                                           bool prefetch) {
+  Shard& shard = ShardOf(key);
+  std::lock_guard lock(shard.mu);
+  if (shard.entries.count(key) || shard.flights.count(key)) return nullptr;
+  auto flight = std::make_shared<Flight>();
+  flight->key = key;
+  flight->chunk_start = key.chunk * chunk_size_;
+  flight->chunk_len =
+      static_cast<uint32_t>(std::min<uint64_t>(chunk_size_, file_size - flight->chunk_start));
+  flight->use = use;
+  flight->prefetch = prefetch;
+  flight->demanded.store(!prefetch);
+  shard.flights.emplace(key, flight);
+  return flight;
+}
+
+void ChunkCache::Readahead(GenerationId gen, uint64_t file_size, uint64_t next_chunk,
+                           ReadStream& stream, const ReadStream::Run& run,
+                           const std::shared_ptr<ChunkSource>& source) {
+  const uint64_t chunks = (file_size + chunk_size_ - 1) / chunk_size_;
+  uint64_t from, to;
+  {
+    std::lock_guard lock(stream.state_->mu);
+    if (stream.state_->epoch.load() != run.epoch) return;  // the run already moved on
+    from = std::max(next_chunk, stream.state_->readahead_until);
+    to = std::min<uint64_t>(chunks, next_chunk + options_.readahead_chunks);
+    if (from >= to) return;
+    stream.state_->readahead_until = to;
   }
+  const EvictionPolicy::Use use = UseOf(&stream, run.run_bytes >= kScanRunBytes);
+  std::shared_ptr<ReadStream::State> state = stream.state_;
+  for (uint64_t c = from; c < to; ++c) {
+    auto flight = StartFetch(ChunkKey{gen, c}, file_size, use, /*prefetch=*/true);
+    if (!flight) continue;
+    const uint64_t epoch = run.epoch;
+    // Set before another reader can find the flight: StartFetch published
+    // it, so the task is assigned under the shard lock.
+    auto task = pool_->SubmitPrefetch([this, flight, source, state, epoch] {
+      if (!flight->demanded.load() && state->epoch.load() != epoch) {
+        // The run ended before this was fetched: give the slot in the
+        // queue up, and let a later reader lead its own fetch.
+        flight->status = Status::Error(Code::kAborted, "readahead no longer wanted");
+        Finish(flight);
+        return;
+      }
+      m_->readahead.Add();
+      Fetch(flight, *source);
+    });
+    Shard& shard = ShardOf(flight->key);
+    std::lock_guard lock(shard.mu);
+    flight->task = std::move(task);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Write-behind
+
+bool ChunkCache::Enqueue(const std::shared_ptr<Flight>& flight, std::chrono::milliseconds wait) {
+  {
+    std::unique_lock lock(wb_mu_);
+    auto room = [&] { return wb_bytes_ + flight->chunk_len <= options_.write_behind_bytes; };
+    if (wait == std::chrono::milliseconds::max()) {
+      wb_cv_.wait(lock, [&] { return wb_stop_ || room(); });
+    } else if (wait.count() > 0) {
+      wb_cv_.wait_for(lock, wait, [&] { return wb_stop_ || room(); });
+    }
+    if (!room() || wb_stop_) {
+      m_->write_behind_full.Add();
+      return false;
+    }
+    wb_bytes_ += flight->chunk_len;
+    wb_queue_.push_back(flight);
+  }
+  m_->write_behind_bytes.Add(flight->chunk_len);
+  wb_cv_.notify_all();  // a store thread (and never only a waiting enqueuer)
+  return true;
+}
+
+void ChunkCache::StoreLoop() {
+  std::unique_lock lock(wb_mu_);
+  for (;;) {
+    wb_cv_.wait(lock, [&] { return wb_stop_ || !wb_queue_.empty(); });
+    if (wb_queue_.empty()) return;  // stopping, and everything queued is stored
+    auto flight = std::move(wb_queue_.front());
+    wb_queue_.pop_front();
+    lock.unlock();
+    Store(flight);
+    m_->write_behind_bytes.Add(-static_cast<int64_t>(flight->chunk_len));
+    lock.lock();
+    wb_bytes_ -= flight->chunk_len;
+    wb_cv_.notify_all();  // WaitIdle
+  }
+}
+
+void ChunkCache::Store(const std::shared_ptr<Flight>& flight) {
+  const ChunkKey& key = flight->key;
+  Shard& shard = ShardOf(key);
+  auto retire = [&] {
+    std::lock_guard lock(shard.mu);
+    auto it = shard.flights.find(key);
+    if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
+  };
+  std::optional<uint64_t> slot;
+  if (!store_failed_.load()) slot = AllocateSlot();
+  if (!slot) {
+    m_->uncached.Add();
+    retire();
+    return;
+  }
+  auto table = std::make_shared<const std::vector<uint32_t>>(ComputeTable(flight->data));
+  const uint64_t hash = TableHash(*table, key, flight->chunk_len);
+  Status st = store_->Write(*slot, key, hash, flight->data, *table);
+  if (!st.ok()) {
+    m_->store_errors.Add();
+    m_->uncached.Add();
+    spdlog::error("cache: storing chunk {} of generation {} failed: {}", key.chunk, key.gen,
+                  st.ToString());
+    {
+      std::lock_guard lock(space_mu_);
+      free_slots_.push_back(*slot);
+    }
+    retire();
+    return;
+  }
+  const index::ChunkRecord rec{*slot, flight->chunk_len, hash};
   {
     // Publishing the entry and retiring the flight in one critical section
     // leaves no moment where a new reader would start a second fetch.
-    std::lock_guard lock(mu_);
-    if (stored) {
-      entries_[key] = Entry{*stored};
-      policy_->Insert(key);
-      used_bytes_ += stored->length;
-      bytes_by_generation_[key.gen] += stored->length;
-      index_->Put(key, *stored);
+    std::lock_guard lock(shard.mu);
+    Entry& e = shard.entries[key];
+    e.rec = rec;
+    e.table = table;
+    shard.table_lru.push_front(key);
+    e.table_it = shard.table_lru.begin();
+    while (shard.table_lru.size() > shard.table_limit) {
+      shard.entries.find(shard.table_lru.back())->second.table.reset();
+      shard.table_lru.pop_back();
     }
-    flight.status = status;
-    flight.done = true;
-    flights_.erase(key);
+    shard.policy.Insert(key, flight->use);
+    shard.size.store(shard.entries.size());
+    auto it = shard.flights.find(key);
+    if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
+    used_bytes_ += rec.length;
+    AddBytes(key.gen, rec.length);
+    index_->Put(key, rec);
   }
-  flight_cv_.notify_all();
 }
+
+void ChunkCache::WaitIdle() {
+  {
+    std::unique_lock lock(wb_mu_);
+    wb_cv_.wait(lock, [&] { return wb_bytes_ == 0; });
+  }
+  while (pool_->prefetch_load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::unique_lock lock(wb_mu_);
+  wb_cv_.wait(lock, [&] { return wb_bytes_ == 0; });
+}
+
+// ---------------------------------------------------------------------------
+// Space
 
 size_t ChunkCache::LowWatermark() const {
   return static_cast<size_t>(std::clamp<uint64_t>(slots_ / 64, 1, 256));
 }
 
-std::optional<uint64_t> ChunkCache::AllocateSlot() {
-  for (int round = 0; round < 2; ++round) {
-    {
-      std::lock_guard lock(mu_);
-      ReclaimLocked();
-      if (free_slots_.empty()) EvictLocked(LowWatermark());
-      if (!free_slots_.empty()) {
-        uint64_t slot = free_slots_.back();
-        free_slots_.pop_back();
-        // Evict ahead, so that by the time the free list runs dry the deletes
-        // have been committed and their slots can be reused without waiting.
-        if (free_slots_.size() + pending_free_.size() < LowWatermark()) {
-          EvictLocked(LowWatermark());
-          index_->RequestCommit();
-        }
-        return slot;
-      }
-      if (pending_free_.empty()) return std::nullopt;  // everything is being read
+void ChunkCache::ReclaimLocked() {
+  if (pending_free_.empty()) return;
+  const uint64_t durable = index_->durable_sequence();
+  auto keep = std::partition(pending_free_.begin(), pending_free_.end(), [&](const PendingFree& p) {
+    return p.seq > durable || slot_pins_[p.slot].load() != 0;
+  });
+  for (auto it = keep; it != pending_free_.end(); ++it) free_slots_.push_back(it->slot);
+  pending_free_.erase(keep, pending_free_.end());
+}
+
+void ChunkCache::DropLocked(Shard& shard, const ChunkKey& key, bool to_policy) {
+  auto it = shard.entries.find(key);
+  if (it == shard.entries.end()) return;
+  const index::ChunkRecord rec = it->second.rec;
+  if (it->second.table) shard.table_lru.erase(it->second.table_it);
+  shard.entries.erase(it);
+  shard.size.store(shard.entries.size());
+  if (to_policy) shard.policy.Erase(key);
+  used_bytes_ -= rec.length;
+  AddBytes(key.gen, -static_cast<int64_t>(rec.length));
+  const uint64_t seq = index_->Delete(key);
+  std::lock_guard lock(space_mu_);
+  pending_free_.push_back(PendingFree{seq, rec.slot});
+}
+
+size_t ChunkCache::EvictSome(size_t n, bool even_pinned) {
+  size_t evicted = 0;
+  const size_t nshards = shards_.size();
+  // The fullest shards first, so that every shard keeps its share.
+  std::vector<size_t> order(nshards);
+  for (size_t i = 0; i < nshards; ++i) order[i] = (evict_cursor_.load() + i) % nshards;
+  evict_cursor_.fetch_add(1);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return shards_[a]->size.load() > shards_[b]->size.load();
+  });
+  const size_t per_shard = std::max<size_t>(1, (n + nshards - 1) / nshards);
+  for (int pass = 0; pass < 2 && evicted < n; ++pass) {
+    for (size_t i : order) {
+      if (evicted >= n) break;
+      Shard& shard = *shards_[i];
+      std::lock_guard lock(shard.mu);
+      std::shared_lock pins(pin_mu_);
+      auto victims = shard.policy.PickVictims(
+          std::min(per_shard * (pass + 1), n - evicted), [&](const ChunkKey& key) {
+            return slot_pins_[shard.entries.at(key).rec.slot].load() == 0 &&
+                   (even_pinned || !pinned_.count(key.gen));
+          });
+      for (const ChunkKey& key : victims) DropLocked(shard, key, false);
+      evicted += victims.size();
     }
-    // Every candidate slot waits on an uncommitted delete: commit now.
+  }
+  m_->evictions.Add(evicted);
+  return evicted;
+}
+
+std::optional<uint64_t> ChunkCache::AllocateSlot() {
+  for (int round = 0; round < 3; ++round) {
+    std::optional<uint64_t> slot;
+    bool evict_ahead = false;
+    bool waiting_deletes = false;
+    {
+      std::lock_guard lock(space_mu_);
+      ReclaimLocked();
+      if (!free_slots_.empty()) {
+        slot = free_slots_.back();
+        free_slots_.pop_back();
+        evict_ahead = free_slots_.size() + pending_free_.size() < LowWatermark();
+      }
+      waiting_deletes = !pending_free_.empty();
+    }
+    if (slot) {
+      if (evict_ahead) {
+        // Evict ahead, so that by the time the free list runs dry the
+        // deletes are committed and their slots reusable without waiting.
+        EvictSome(LowWatermark(), false);
+        index_->RequestCommit();
+      }
+      return slot;
+    }
+    if (EvictSome(LowWatermark(), false) == 0 && !waiting_deletes) {
+      return std::nullopt;  // everything is being read, pinned or lent
+    }
+    // The victims' slots are free once their deletes are durable: commit now
+    // (on this write-behind thread, holding no lock).
     Status st = index_->Flush();
     if (!st.ok()) {
       spdlog::error("cache: index commit failed while making room: {}", st.ToString());
@@ -482,31 +1037,74 @@ std::optional<uint64_t> ChunkCache::AllocateSlot() {
   return std::nullopt;
 }
 
-void ChunkCache::EvictLocked(size_t n) {
-  // Never a chunk being read, never a pinned template (warm --pin).
-  auto victims = policy_->PickVictims(n, [this](const ChunkKey& key) {
-    return slot_pins_[entries_.at(key).rec.slot] == 0 && !pinned_.count(key.gen);
-  });
-  for (const ChunkKey& key : victims) {
-    auto it = entries_.find(key);
-    const index::ChunkRecord rec = it->second.rec;
-    entries_.erase(it);
-    used_bytes_ -= rec.length;
-    if ((bytes_by_generation_[key.gen] -= rec.length) == 0) bytes_by_generation_.erase(key.gen);
-    pending_free_.push_back(PendingFree{index_->Delete(key), rec.slot});
+uint64_t ChunkCache::LendSpace(uint64_t bytes) {
+  const uint64_t stride = chunk_size_;  // the budget counts chunk bytes
+  const uint64_t want = (bytes + stride - 1) / stride;
+  // Keep two slots: the cache still has to be able to serve a miss.
+  constexpr uint64_t kKeep = 2;
+  std::vector<uint64_t> taken;
+  for (int round = 0; round < 3 && taken.size() < want; ++round) {
+    uint64_t short_by = 0;
+    {
+      std::lock_guard lock(space_mu_);
+      ReclaimLocked();
+      const uint64_t in_cache = slots_ - lent_slots_ - taken.size();
+      uint64_t lendable = in_cache > kKeep ? in_cache - kKeep : 0;
+      while (taken.size() < want && lendable > 0 && !free_slots_.empty()) {
+        taken.push_back(free_slots_.back());
+        free_slots_.pop_back();
+        --lendable;
+      }
+      const uint64_t still = want - taken.size();
+      const uint64_t waiting = pending_free_.size();
+      short_by = std::min(lendable, still > waiting ? still - waiting : 0);
+    }
+    if (taken.size() >= want) break;
+    // Overlays outrank the read cache, pinned templates too (invariant 5);
+    // pinned chunks go only when nothing else is left.
+    if (short_by > 0 && EvictSome(short_by, false) < short_by) {
+      const size_t pinned_evicted = EvictSome(short_by, true);
+      if (pinned_evicted > 0) {
+        spdlog::warn(
+            "cache: evicted {} chunk(s) of pinned templates to give desktops' writes room; "
+            "the local disk is too small for both",
+            pinned_evicted);
+      }
+    }
+    // Evicted slots become free once their deletes are durable.
+    Status st = index_->Flush();
+    if (!st.ok()) {
+      spdlog::error("cache: index commit failed while lending space: {}", st.ToString());
+      break;
+    }
   }
-  m_->evictions.Add(victims.size());
+  for (uint64_t slot : taken) {
+    Status st = store_->Punch(slot);
+    if (!st.ok()) spdlog::warn("cache: {}", st.ToString());  // lent all the same: never reused
+  }
+  std::lock_guard lock(space_mu_);
+  lent_slots_ += taken.size();
+  lent_list_.insert(lent_list_.end(), taken.begin(), taken.end());
+  if (!taken.empty()) {
+    spdlog::debug("cache: lent {} bytes to overlays (capacity now {} bytes)", taken.size() * stride,
+                  (slots_ - lent_slots_) * stride);
+  }
+  return taken.size() * stride;
 }
 
-void ChunkCache::DropLocked(const ChunkKey& key, const index::ChunkRecord& rec) {
-  auto it = entries_.find(key);
-  if (it == entries_.end() || !(it->second.rec == rec)) return;  // someone else already did
-  entries_.erase(it);
-  policy_->Erase(key);
-  used_bytes_ -= rec.length;
-  if ((bytes_by_generation_[key.gen] -= rec.length) == 0) bytes_by_generation_.erase(key.gen);
-  pending_free_.push_back(PendingFree{index_->Delete(key), rec.slot});
+uint64_t ChunkCache::ReturnSpace(uint64_t bytes) {
+  std::lock_guard lock(space_mu_);
+  const uint64_t n = std::min<uint64_t>(bytes / chunk_size_, lent_list_.size());
+  for (uint64_t i = 0; i < n; ++i) {
+    free_slots_.push_back(lent_list_.back());
+    lent_list_.pop_back();
+  }
+  lent_slots_ -= n;
+  return n * chunk_size_;
 }
+
+// ---------------------------------------------------------------------------
+// Generations, eviction by command, pins, check, warm
 
 std::optional<index::GenerationKey> ChunkCache::GenerationKeyOf(GenerationId gen) const {
   return index_->GenerationOf(gen);
@@ -517,20 +1115,21 @@ std::vector<GenerationId> ChunkCache::GenerationsOf(const std::string& path) con
 }
 
 uint64_t ChunkCache::Evict(GenerationId gen) {
-  uint64_t bytes = 0;
-  {
-    std::lock_guard lock(mu_);
-    std::vector<std::pair<ChunkKey, index::ChunkRecord>> victims;
-    for (const auto& [key, entry] : entries_) {
-      if (key.gen == gen) victims.emplace_back(key, entry.rec);
+  uint64_t bytes = 0, chunks = 0;
+  for (auto& shard : shards_) {
+    std::lock_guard lock(shard->mu);
+    std::vector<ChunkKey> victims;
+    for (const auto& [key, entry] : shard->entries) {
+      if (key.gen == gen) victims.push_back(key);
     }
     // A chunk being read keeps its slot until the read ends (slot pins).
-    for (const auto& [key, rec] : victims) {
-      DropLocked(key, rec);
-      bytes += rec.length;
+    for (const ChunkKey& key : victims) {
+      bytes += shard->entries.at(key).rec.length;
+      DropLocked(*shard, key, true);
     }
-    m_->evictions.Add(victims.size());
+    chunks += victims.size();
   }
+  m_->evictions.Add(chunks);
   if (pinned(gen)) (void)Pin(gen, false);
   index_->RequestCommit();
   return bytes;
@@ -539,7 +1138,7 @@ uint64_t ChunkCache::Evict(GenerationId gen) {
 Status ChunkCache::Pin(GenerationId gen, bool pin) {
   std::string list;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(pin_mu_);
     if (pin) {
       pinned_.insert(gen);
     } else {
@@ -553,39 +1152,42 @@ Status ChunkCache::Pin(GenerationId gen, bool pin) {
 }
 
 bool ChunkCache::pinned(GenerationId gen) const {
-  std::lock_guard lock(mu_);
+  std::shared_lock lock(pin_mu_);
   return pinned_.count(gen) != 0;
 }
 
 Result<ChunkCache::CheckReport> ChunkCache::Check(
     const std::function<bool(uint64_t, uint64_t)>& progress) {
-  std::vector<std::pair<ChunkKey, index::ChunkRecord>> all;
-  {
-    std::lock_guard lock(mu_);
-    all.reserve(entries_.size());
-    for (const auto& [key, entry] : entries_) all.emplace_back(key, entry.rec);
+  std::vector<ChunkKey> all;
+  for (auto& shard : shards_) {
+    std::lock_guard lock(shard->mu);
+    for (const auto& [key, entry] : shard->entries) all.push_back(key);
   }
   CheckReport report;
   std::vector<char> buf(chunk_size_);
   for (size_t i = 0; i < all.size(); ++i) {
-    const auto& [key, rec] = all[i];
+    Piece p;
+    p.key = all[i];
     {
-      std::lock_guard lock(mu_);
-      auto it = entries_.find(key);
-      if (it == entries_.end() || !(it->second.rec == rec)) continue;  // gone meanwhile
-      ++slot_pins_[rec.slot];
+      Shard& shard = ShardOf(p.key);
+      std::lock_guard lock(shard.mu);
+      auto it = shard.entries.find(p.key);
+      if (it == shard.entries.end()) continue;  // gone meanwhile
+      p.rec = it->second.rec;
+      slot_pins_[p.rec->slot].fetch_add(1);
     }
-    Status st = ReadFromStore(key, rec, 0, rec.length, buf.data());
-    std::lock_guard lock(mu_);
-    --slot_pins_[rec.slot];
+    // Check reads the table from disk again: the point is the disk's state.
+    p.chunk_len = p.rec->length;
+    p.n = p.rec->length;
+    p.dst = buf.data();
+    const uint32_t length = p.rec->length;
+    Status st = ServeHit(p);
     ++report.chunks;
-    report.bytes += rec.length;
+    report.bytes += length;
     if (!st.ok()) {
       ++report.bad;
-      if (st.code() == Code::kCorruption) m_->checksum_failures.Add();
-      spdlog::warn("cache check: chunk {} of generation {} dropped: {}", key.chunk, key.gen,
+      spdlog::warn("cache check: chunk {} of generation {} dropped: {}", p.key.chunk, p.key.gen,
                    st.ToString());
-      DropLocked(key, rec);
     }
     if (progress && (i % 64 == 63 || i + 1 == all.size()) && !progress(i + 1, all.size())) {
       break;
@@ -595,14 +1197,72 @@ Result<ChunkCache::CheckReport> ChunkCache::Check(
   return report;
 }
 
-void ChunkCache::ReclaimLocked() {
-  if (pending_free_.empty()) return;
-  const uint64_t durable = index_->durable_sequence();
-  auto keep = std::partition(pending_free_.begin(), pending_free_.end(), [&](const PendingFree& p) {
-    return p.seq > durable || slot_pins_[p.slot] != 0;
-  });
-  for (auto it = keep; it != pending_free_.end(); ++it) free_slots_.push_back(it->slot);
-  pending_free_.erase(keep, pending_free_.end());
+Result<ChunkCache::WarmReport> ChunkCache::Warm(
+    GenerationId gen, uint64_t file_size, ChunkSource& source, unsigned parallel, uint64_t rate,
+    const std::function<bool(uint64_t, uint64_t)>& progress) {
+  WarmReport report;
+  const uint64_t chunks = (file_size + chunk_size_ - 1) / chunk_size_;
+  const EvictionPolicy::Use use = UseOf(nullptr, false);        // wanted: probation, not a sweep
+  std::deque<std::pair<std::shared_ptr<Flight>, bool>> window;  // (flight, we lead it)
+  const auto start = std::chrono::steady_clock::now();
+  auto last_report = start;
+  Status result;
+  auto retire_oldest = [&]() {
+    auto [flight, led] = std::move(window.front());
+    window.pop_front();
+    if (flight->task) pool_->RunOrWait(flight->task);
+    std::unique_lock lock(flight->mu);
+    flight->cv.wait(lock, [&] { return flight->state.load() != Flight::kFetching; });
+    if (flight->state.load() == Flight::kFailed && result.ok()) result = flight->status;
+    if (led && flight->state.load() == Flight::kReady) report.from_datastore += flight->chunk_len;
+  };
+  for (uint64_t c = 0; c < chunks && result.ok(); ++c) {
+    const ChunkKey key{gen, c};
+    const uint64_t len = std::min<uint64_t>(chunk_size_, file_size - c * chunk_size_);
+    std::shared_ptr<Flight> flight;
+    bool led = false;
+    {
+      Shard& shard = ShardOf(key);
+      std::lock_guard lock(shard.mu);
+      if (auto it = shard.entries.find(key); it != shard.entries.end()) {
+        shard.policy.Touch(key, use);
+      } else if (auto f = shard.flights.find(key); f != shard.flights.end()) {
+        flight = f->second;
+        flight->demanded.store(true);
+      } else {
+        flight = std::make_shared<Flight>();
+        flight->key = key;
+        flight->chunk_start = c * chunk_size_;
+        flight->chunk_len = static_cast<uint32_t>(len);
+        flight->use = use;
+        flight->demanded.store(true);
+        flight->task = pool_->Submit([this, flight, &source] { Fetch(flight, source); });
+        shard.flights.emplace(key, flight);
+        led = true;
+      }
+    }
+    if (flight) window.emplace_back(std::move(flight), led);
+    while (window.size() >= std::max(parallel, 1u)) retire_oldest();
+    report.bytes += len;
+    if (rate > 0) {  // hold the average at `rate` bytes per second
+      std::this_thread::sleep_until(
+          start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                      std::chrono::duration<double>(static_cast<double>(report.bytes) / rate)));
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (progress && (now - last_report > std::chrono::milliseconds(200) || c + 1 == chunks)) {
+      last_report = now;
+      if (!progress(report.bytes, file_size)) {
+        result = Status::Error(Code::kAborted, "warm stopped");
+      }
+    }
+  }
+  while (!window.empty()) retire_oldest();  // they use `source`
+  GC_RETURN_IF_ERROR(result);
+  // Warm means cached: done once what it fetched is stored.
+  std::unique_lock lock(wb_mu_);
+  wb_cv_.wait(lock, [&] { return wb_bytes_ == 0; });
+  return report;
 }
 
 }  // namespace goldcache::cache

@@ -1,10 +1,11 @@
 // cache/ — the host's read cache of template chunks (docs/design.md §3
-// "template"; §4, contracts 1, 2, 3, 5, 7).
+// "template", invariants 1, 2, 3, 5, 7, 9, 10).
 //
 // A template generation is cut into fixed-size chunks. A read is served from
 // the local store when the chunk is cached and proves good against its
 // checksums; otherwise the chunk is fetched once from the datastore however
-// many readers want it at that moment (single-flight), stored, and served.
+// many readers want it at that moment (single-flight), handed to them, and
+// stored behind their backs.
 //
 // Promises:
 //  - A byte served is a byte the datastore had for that generation: every
@@ -13,36 +14,54 @@
 //  - Crash safety: chunk data is made durable before the index record that
 //    names it; a slot is reused only after the delete of its previous chunk is
 //    durable. After a crash (the RUNNING marker is still there at Open) every
-//    loaded record is re-proved against its checksum table.
-//  - Concurrent misses on one chunk cause one datastore read.
-//  - Eviction (segmented LRU, scan resistant) runs in batches and never takes
-//    a chunk that is being read.
-//  - Hits never wait for RocksDB; misses rarely do (only when every slot's
-//    previous delete is still uncommitted).
-//  - When the local store cannot take a chunk (disk full, all slots busy),
-//    or the source says its bytes are not yet cacheable, the read is still
-//    served, uncached, and counted.
+//    loaded record is re-proved against its checksum table. A failed sync of
+//    the store is final: nothing more is cached until a restart re-proves it.
+//  - Concurrent misses on one chunk cause one datastore read; its readers
+//    get the bytes as soon as they arrive (one wakeup per fetch), and the
+//    checksumming and the local write happen afterwards, in a bounded
+//    write-behind queue. Fetches of the pool wait for room in it (so the
+//    datastore is read at the pace the local disk can store); a reader's own
+//    thread waits at most kReaderQueueWait and then serves the chunk
+//    uncached rather than wait for a stuck local disk.
+//  - The chunks of one request are fetched in parallel; a reader's
+//    sequential run fetches the next chunks ahead of it (bounded, dropped
+//    when the run ends), never before a reader's own misses.
+//  - Eviction (cache/eviction.h) runs in batches, never takes a chunk being
+//    read, keeps what every boot reads through a one-pass sweep, and its
+//    order survives a restart.
+//  - Hits never wait for RocksDB or for another reader's miss: the map and
+//    the eviction lists are sharded, and no lock is held across IO. A hit
+//    whose checksum table was verified before reads only its data (the
+//    tables are kept in RAM, ~1 KiB per cached MiB, bounded).
+//  - When the local store cannot take a chunk (disk full, all slots busy,
+//    the write-behind queue full), or the source says its bytes are not yet
+//    cacheable, the read is still served, uncached, and counted.
 //
 // Thread safety: all methods are safe to call concurrently.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <span>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include "cache/chunk_store.h"
-#include "io/rings.h"
-#include "cache/slru.h"
+#include "cache/eviction.h"
+#include "cache/fetch_pool.h"
 #include "index/chunk_index.h"
+#include "io/file.h"
 #include "metrics/metrics.h"
 #include "util/status.h"
 
@@ -56,6 +75,7 @@ class ChunkSource {
  public:
   virtual ~ChunkSource() = default;
   // Reads up to buf.size() bytes at `offset`; short only at end of file.
+  // Called from several threads at once (parallel and readahead fetches).
   virtual Result<size_t> ReadAt(uint64_t offset, std::span<char> buf) = 0;
   // Whether bytes read from now on may be stored: false while the file may
   // still be being written (a generation younger than the settle time).
@@ -68,7 +88,13 @@ struct CacheOptions {
   uint64_t capacity_bytes = 10ull << 30;  // local store limit
   uint32_t chunk_size = 1u << 20;         // multiple of 4 KiB
   std::chrono::milliseconds index_flush_interval{100};
-  metrics::Registry* registry = nullptr;  // required; must outlive the cache
+  metrics::Registry* registry = nullptr;      // required; must outlive the cache
+  io::Env* env = nullptr;                     // the store's files; null: io::PosixEnv()
+  unsigned fetch_threads = 8;                 // datastore fetches beside the readers' own
+  unsigned max_prefetch = 4;                  // of which readahead at most
+  unsigned readahead_chunks = 4;              // how far a sequential run fetches ahead
+  uint64_t write_behind_bytes = 64ull << 20;  // fetched chunks waiting to be stored
+  uint64_t table_cache_bytes = 64ull << 20;   // verified checksum tables kept in RAM
 };
 
 // How one read was served, for the caller's per-source accounting.
@@ -77,13 +103,43 @@ struct ReadOutcome {
   size_t from_datastore = 0;  // of which fetched from the datastore by this read
 };
 
+class ChunkCache;
+
+// One reader's view of its reads: an open handle keeps one, so that the
+// cache can tell a sequential run (to fetch ahead, and to recognise a
+// one-pass sweep) and one pass over a chunk from another (to count uses).
+// Thread safety: a stream may be used by concurrent reads of its handle.
+class ReadStream {
+ public:
+  ReadStream();
+  ~ReadStream();  // ends the run: readahead still queued for it is dropped
+  ReadStream(const ReadStream&) = delete;
+  ReadStream& operator=(const ReadStream&) = delete;
+
+  // For the cache: what the stream does now, after a read of [offset, end).
+  struct Run {
+    uint64_t epoch;      // changes when a run ends
+    uint64_t run_bytes;  // length of the current sequential run
+  };
+
+ private:
+  friend class ChunkCache;
+  struct State;
+  Run Note(uint64_t offset, uint64_t end);
+  const std::shared_ptr<State> state_;
+};
+
 class ChunkCache {
  public:
+  // A sequential run this long is a sweep (cache/eviction.h).
+  static constexpr uint64_t kScanRunBytes = 32ull << 20;
+
   // Opens the cache in options.dir, loading (and after a crash re-proving)
-  // what an earlier run cached. A cache made with another chunk size is
-  // discarded and started afresh (logged).
+  // what an earlier run cached. A cache made with another chunk size or an
+  // older format is discarded and started afresh (logged).
   static Result<std::unique_ptr<ChunkCache>> Open(const CacheOptions& options);
-  // Commits the index and removes the RUNNING marker: the next Open trusts it.
+  // Waits for queued stores, commits the index and the eviction order, and
+  // removes the RUNNING marker: the next Open trusts what it finds.
   ~ChunkCache();
   ChunkCache(const ChunkCache&) = delete;
   ChunkCache& operator=(const ChunkCache&) = delete;
@@ -93,19 +149,37 @@ class ChunkCache {
 
   // Copies [offset, offset + out.size()) of generation `gen`, whose file is
   // `file_size` bytes, into `out`. Short only at end of file. Misses read from
-  // `source` (which must serve exactly that generation).
+  // `source` (which must serve exactly that generation and outlive every
+  // fetch of it: Read waits for the fetches it started; readahead for
+  // `stream` holds `source_ref`). `stream` (may be null) is the reader's.
   Result<ReadOutcome> Read(GenerationId gen, uint64_t file_size, uint64_t offset,
-                           std::span<char> out, ChunkSource& source);
+                           std::span<char> out, ChunkSource& source, ReadStream* stream = nullptr,
+                           std::shared_ptr<ChunkSource> source_ref = nullptr);
+
+  // Reads the whole generation through the cache with `parallel` fetches in
+  // flight (goldcache warm). `progress(done, total)` is called now and then
+  // from this thread; returning false stops. `rate` bytes/s, 0: unlimited.
+  struct WarmReport {
+    uint64_t bytes = 0;           // of the generation, read through the cache
+    uint64_t from_datastore = 0;  // of which fetched now
+  };
+  Result<WarmReport> Warm(GenerationId gen, uint64_t file_size, ChunkSource& source,
+                          unsigned parallel, uint64_t rate,
+                          const std::function<bool(uint64_t, uint64_t)>& progress);
 
   // Commits index changes now (tests, clean shutdown).
   Status FlushIndex();
+  // Waits until every fetched chunk queued for storing is stored (or
+  // dropped) and no readahead is queued or running (tests, shutdown).
+  void WaitIdle();
 
-  // Space order (invariant 5): overlays outrank the read cache. LendSpace
-  // shrinks the cache by up to `bytes`, rounded up to whole chunks, evicting
-  // as it must (never a chunk being read) and punching the lent slots out of
-  // chunks.dat. Returns the bytes lent, which may be less than asked (or
-  // more, by the rounding). ReturnSpace lets the cache grow back by up to
-  // `bytes`, in whole chunks; returns the bytes taken back.
+  // Space order (invariant 5): overlays outrank the read cache, pinned
+  // templates included. Space is counted in chunk bytes (a slot also keeps
+  // the chunk's checksums, 4 KiB per MiB, on top). LendSpace shrinks the
+  // cache by up to `bytes`, rounded up to whole chunks, evicting as it must (never a chunk being
+  // read) and punching the lent slots out of the store. Returns the bytes lent, which may be less
+  // than asked (or more, by the rounding). No lock is held across its IO. ReturnSpace lets the
+  // cache grow back by up to `bytes`, in whole slots; returns the bytes taken back.
   uint64_t LendSpace(uint64_t bytes);
   uint64_t ReturnSpace(uint64_t bytes);
 
@@ -113,10 +187,11 @@ class ChunkCache {
   std::optional<index::GenerationKey> GenerationKeyOf(GenerationId gen) const;
   // Every generation the index knows for `path` (GenerationKey::path).
   std::vector<GenerationId> GenerationsOf(const std::string& path) const;
-  // Drops every cached chunk of `gen` (chunks being read go when their reads
-  // end... and are simply skipped here) and unpins it. Returns bytes dropped.
+  // Drops every cached chunk of `gen` (chunks being read keep their slots
+  // until their reads end) and unpins it. Returns bytes dropped.
   uint64_t Evict(GenerationId gen);
-  // Pinned generations are never evicted (warm --pin); durable across restarts.
+  // Pinned generations are evicted last, only for overlays' space (warm
+  // --pin); durable across restarts.
   Status Pin(GenerationId gen, bool pinned);
   bool pinned(GenerationId gen) const;
 
@@ -130,66 +205,108 @@ class ChunkCache {
   Result<CheckReport> Check(const std::function<bool(uint64_t, uint64_t)>& progress);
 
   uint32_t chunk_size() const { return chunk_size_; }
-  uint64_t capacity_bytes() const;
-  uint64_t used_bytes() const;
+  // Bytes of local disk one cached chunk may take (data and checksums).
+  uint64_t slot_bytes() const { return store_->stride(); }
+  uint64_t capacity_bytes() const;  // chunk bytes in slots not lent
+  uint64_t used_bytes() const;      // chunk bytes cached
   uint64_t cached_bytes_of(GenerationId gen) const;
   bool recovered_from_crash() const { return recovered_from_crash_; }
+  // Which eviction list a cached chunk is in, and its record (tests,
+  // introspection).
+  std::optional<EvictionPolicy::List> ListOf(const ChunkKey& key) const;
+  std::optional<index::ChunkRecord> RecordOf(const ChunkKey& key) const;
 
  private:
-  struct Entry {
-    index::ChunkRecord rec;
-  };
-  struct Flight {
-    bool done = false;
-    Status status;
-    std::vector<char> data;
-  };
-  struct PendingFree {
-    uint64_t seq;  // index sequence of the delete that must be durable first
-    uint64_t slot;
-  };
+  struct Entry;
+  struct Flight;
+  struct Shard;
   struct Metrics;
+  struct StoreJob;
+  // A part of a Read: one chunk's range and how it will be served.
+  struct Piece;
 
   explicit ChunkCache(const CacheOptions& options);
   Status Init();
   Status LoadRecords(bool verify);
+  void RestoreOrder();
+  Status SaveOrder();
 
-  Status ReadChunkRange(const ChunkKey& key, uint64_t chunk_start, uint32_t chunk_len,
-                        uint32_t in_off, uint32_t n, char* dst, ChunkSource& source,
-                        ReadOutcome& outcome);
-  Status ReadFromStore(const ChunkKey& key, const index::ChunkRecord& rec, uint32_t in_off,
-                       uint32_t n, char* dst);
-  void FetchAndStore(const ChunkKey& key, uint64_t chunk_start, uint32_t chunk_len,
-                     ChunkSource& source, Flight& flight);
+  Shard& ShardOf(const ChunkKey& key);
+  EvictionPolicy::Use UseOf(ReadStream* stream, bool scan) const;
+  // Looks a chunk up: a hit pins its slot, a flight is joined, a miss starts
+  // one (`leader`). REQUIRES: shard lock held.
+  void Lookup(Shard& shard, Piece& piece, const EvictionPolicy::Use& use);
+  // Reads a pinned hit from the store and unpins it; kCorruption (the chunk
+  // was dropped) when it failed its checksums or could not be read.
+  Status ServeHit(Piece& piece);
+  // Fetches a flight's chunk from the datastore and hands it over.
+  void Fetch(const std::shared_ptr<Flight>& flight, ChunkSource& source);
+  void Finish(const std::shared_ptr<Flight>& flight);
+  Status WaitFlight(Piece& piece, ReadOutcome& outcome);
+  void Readahead(GenerationId gen, uint64_t file_size, uint64_t next_chunk, ReadStream& stream,
+                 const ReadStream::Run& run, const std::shared_ptr<ChunkSource>& source);
+  // Publishes a flight for `key` nobody waits for yet (readahead); null when
+  // it is cached or already in flight.
+  std::shared_ptr<Flight> StartFetch(const ChunkKey& key, uint64_t file_size,
+                                     const EvictionPolicy::Use& use, bool prefetch);
+
+  // Queues a fetched chunk for storing; false when the queue is still full
+  // after waiting `wait` for room (max(): as long as it takes).
+  bool Enqueue(const std::shared_ptr<Flight>& flight, std::chrono::milliseconds wait);
+  void StoreLoop();
+  void Store(const std::shared_ptr<Flight>& flight);
+
+  // Space.
   std::optional<uint64_t> AllocateSlot();
-  // REQUIRES: mu_ held.
-  void DropLocked(const ChunkKey& key, const index::ChunkRecord& rec);
-  void EvictLocked(size_t n);
-  void ReclaimLocked();
+  // Evicts up to `n` chunks across shards, oldest first in each; pinned
+  // generations only with `even_pinned`. Returns how many were evicted.
+  size_t EvictSome(size_t n, bool even_pinned);
+  // REQUIRES: shard lock held. Removes the entry, queues its delete.
+  void DropLocked(Shard& shard, const ChunkKey& key, bool to_policy);
+  void ReclaimLocked();  // REQUIRES: space_mu_ held
   size_t LowWatermark() const;
+  void AddBytes(GenerationId gen, int64_t delta);
 
   const CacheOptions options_;
+  io::Env& env_;
   const uint32_t chunk_size_;
   uint64_t slots_ = 0;
   bool recovered_from_crash_ = false;
   std::unique_ptr<Metrics> m_;
-  io::IoRings rings_;
   std::unique_ptr<ChunkStore> store_;
   std::unique_ptr<index::ChunkIndex> index_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::unique_ptr<std::atomic<uint32_t>[]> slot_pins_;  // readers of each slot
+  std::atomic<bool> store_failed_{false};               // a sync failed: cache nothing more
 
-  mutable std::mutex mu_;  // guards everything below; never held across IO
-  std::condition_variable flight_cv_;
-  std::unordered_map<ChunkKey, Entry, index::ChunkKeyHash> entries_;  // GUARDED_BY(mu_)
-  std::unordered_map<ChunkKey, std::shared_ptr<Flight>, index::ChunkKeyHash>
-      flights_;                            // GUARDED_BY(mu_)
-  std::unique_ptr<SlruPolicy> policy_;     // GUARDED_BY(mu_)
-  std::vector<uint32_t> slot_pins_;        // GUARDED_BY(mu_) readers of each slot
-  std::vector<uint64_t> free_slots_;       // GUARDED_BY(mu_)
-  std::vector<PendingFree> pending_free_;  // GUARDED_BY(mu_)
-  std::vector<uint64_t> lent_slots_;       // GUARDED_BY(mu_) space lent to overlays
-  std::unordered_map<GenerationId, uint64_t> bytes_by_generation_;  // GUARDED_BY(mu_)
-  std::unordered_set<GenerationId> pinned_;                         // GUARDED_BY(mu_)
-  uint64_t used_bytes_ = 0;                                         // GUARDED_BY(mu_)
+  // Free space. Lock order: a shard's mu before space_mu_.
+  mutable std::mutex space_mu_;
+  struct PendingFree {
+    uint64_t seq;  // index sequence of the delete that must be durable first
+    uint64_t slot;
+  };
+  std::vector<uint64_t> free_slots_;       // GUARDED_BY(space_mu_)
+  std::vector<PendingFree> pending_free_;  // GUARDED_BY(space_mu_)
+  uint64_t lent_slots_ = 0;                // GUARDED_BY(space_mu_): lent to overlays
+  std::vector<uint64_t> lent_list_;        // GUARDED_BY(space_mu_): which ones
+  std::atomic<uint64_t> used_bytes_{0};
+  std::atomic<size_t> evict_cursor_{0};
+
+  mutable std::mutex gen_mu_;
+  std::unordered_map<GenerationId, uint64_t> bytes_by_generation_;  // GUARDED_BY(gen_mu_)
+  mutable std::shared_mutex pin_mu_;
+  std::unordered_set<GenerationId> pinned_;  // GUARDED_BY(pin_mu_)
+
+  // Write-behind queue.
+  std::mutex wb_mu_;
+  std::condition_variable wb_cv_;
+  std::deque<std::shared_ptr<Flight>> wb_queue_;  // GUARDED_BY(wb_mu_)
+  uint64_t wb_bytes_ = 0;                         // GUARDED_BY(wb_mu_): queued or being stored
+  bool wb_stop_ = false;                          // GUARDED_BY(wb_mu_)
+  std::vector<std::thread> wb_threads_;
+
+  std::unique_ptr<FetchPool> pool_;
+  const std::chrono::steady_clock::time_point epoch_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace goldcache::cache

@@ -14,6 +14,10 @@ namespace goldcache::cache {
 namespace {
 
 constexpr uint32_t kChunk = 64 * 1024;
+// store.dat: per slot 4 KiB of header and checksums, then the data.
+constexpr uint64_t kMeta = 4096;
+constexpr uint64_t kSlot = kChunk + kMeta;
+constexpr uint64_t kTableAt = 64;  // the checksum table within a slot's meta
 
 // A datastore file held in memory that counts every read, and can hold reads
 // at a gate so a test decides when a fetch finishes.
@@ -89,7 +93,8 @@ class ChunkCacheTest : public ::testing::Test {
   static uint64_t Counter(metrics::Registry& reg, const std::string& name) {
     return reg.GetCounter(name, "").Value();
   }
-  // Reads the whole file in `step`-byte reads and checks every byte.
+  // Reads the whole file in `step`-byte reads and checks every byte; then
+  // waits until what was fetched is stored.
   static void ReadAllAndCheck(ChunkCache& c, GenerationId gen, CountingSource& src,
                               size_t step = 10000) {
     const auto& want = src.data();
@@ -100,6 +105,13 @@ class ChunkCacheTest : public ::testing::Test {
       ASSERT_EQ(r->bytes, std::min<size_t>(step, want.size() - off));
       ASSERT_EQ(0, std::memcmp(buf.data(), want.data() + off, r->bytes)) << "offset " << off;
     }
+    c.WaitIdle();
+  }
+  // Where chunk `chunk` of `gen` lives in store.dat.
+  static uint64_t SlotOf(ChunkCache& c, GenerationId gen, uint64_t chunk) {
+    auto rec = c.RecordOf(ChunkKey{gen, chunk});
+    EXPECT_TRUE(rec.has_value()) << "chunk " << chunk << " is not cached";
+    return rec ? rec->slot : 0;
   }
   std::string dir_;
 };
@@ -206,12 +218,10 @@ TEST_F(ChunkCacheTest, AfterACrashKeepsEveryChunkItCanProveGood) {
   std::filesystem::copy(dir_ + "/cache", image, std::filesystem::copy_options::recursive);
   // Damage chunk 3's checksum table: that chunk can no longer be proved good.
   {
-    std::vector<char> rec_probe(4);
-    int fd = open((image + "/sums.dat").c_str(), O_RDWR);
+    int fd = open((image + "/store.dat").c_str(), O_RDWR);
     ASSERT_GE(fd, 0);
     uint32_t garbage = 0xFFFFFFFF;
-    // Slot numbers are assigned lowest first, in fetch order: chunk 3 is slot 3.
-    ASSERT_EQ(pwrite(fd, &garbage, 4, 3 * (kChunk / 4096) * 4), 4);
+    ASSERT_EQ(pwrite(fd, &garbage, 4, SlotOf(*cache, gen, 3) * kSlot + kTableAt), 4);
     close(fd);
   }
   metrics::Registry reg2;
@@ -229,10 +239,10 @@ TEST_F(ChunkCacheTest, CorruptBlockIsDetectedAndRefetchedNeverServed) {
   CountingSource src(RandomBytes(4 * kChunk, 7));
   GenerationId gen = Bind(*cache, src.data().size());
   ReadAllAndCheck(*cache, gen, src);
-  int fd = open((dir_ + "/cache/chunks.dat").c_str(), O_RDWR);
+  int fd = open((dir_ + "/cache/store.dat").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   char flipped = ~src.data()[kChunk + 5000];
-  ASSERT_EQ(pwrite(fd, &flipped, 1, kChunk + 5000), 1);  // chunk 1 lives in slot 1
+  ASSERT_EQ(pwrite(fd, &flipped, 1, SlotOf(*cache, gen, 1) * kSlot + kMeta + 5000), 1);
   close(fd);
   src.reads = 0;
   ReadAllAndCheck(*cache, gen, src, 4096);
@@ -300,6 +310,7 @@ TEST_F(ChunkCacheTest, CacheMadeWithAnotherChunkSizeIsDiscarded) {
 TEST_F(ChunkCacheTest, LendsSpaceToOverlaysByEvictingAndGrowsBackWhenReturned) {
   metrics::Registry reg;
   auto cache = OpenCache(reg, 8 * kChunk);
+  ASSERT_EQ(cache->slot_bytes(), kSlot);
   // 6 chunks: the cache evicts one slot ahead, so 8 slots hold 7 at most.
   CountingSource src(RandomBytes(6 * kChunk, 13));
   GenerationId gen = Bind(*cache, src.data().size());
@@ -310,12 +321,12 @@ TEST_F(ChunkCacheTest, LendsSpaceToOverlaysByEvictingAndGrowsBackWhenReturned) {
   EXPECT_EQ(cache->capacity_bytes(), 4 * kChunk);
   EXPECT_LE(cache->used_bytes(), 4 * kChunk);
   struct stat st;
-  ASSERT_EQ(stat((dir_ + "/cache/chunks.dat").c_str(), &st), 0);
-  EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, 4 * kChunk + 65536);  // really given back
+  ASSERT_EQ(stat((dir_ + "/cache/store.dat").c_str(), &st), 0);
+  EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, 4 * kSlot + 65536);  // really given back
   // Never below two chunks: the cache must still be able to serve a miss.
   EXPECT_EQ(cache->LendSpace(100 * kChunk), 2 * kChunk);
   ReadAllAndCheck(*cache, gen, src);  // still correct, with less room
-  EXPECT_LE(cache->used_bytes(), cache->capacity_bytes());
+  EXPECT_LE(cache->used_bytes(), 2 * kChunk);
   EXPECT_EQ(cache->ReturnSpace(6 * kChunk), 6 * kChunk);
   EXPECT_EQ(cache->capacity_bytes(), 8 * kChunk);
   ReadAllAndCheck(*cache, gen, src);
@@ -330,11 +341,11 @@ TEST_F(ChunkCacheTest, CheckFindsAndDropsEveryCorruptChunk) {
   CountingSource src(RandomBytes(6 * kChunk, 14));
   GenerationId gen = Bind(*cache, src.data().size());
   ReadAllAndCheck(*cache, gen, src);
-  int fd = open((dir_ + "/cache/chunks.dat").c_str(), O_RDWR);
+  int fd = open((dir_ + "/cache/store.dat").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
-  for (uint64_t slot : {1, 4}) {
-    char byte = 0x55;
-    ASSERT_EQ(pwrite(fd, &byte, 1, slot * kChunk + 777), 1);
+  for (uint64_t chunk : {1, 4}) {
+    char byte = ~src.data()[chunk * kChunk + 777];
+    ASSERT_EQ(pwrite(fd, &byte, 1, SlotOf(*cache, gen, chunk) * kSlot + kMeta + 777), 1);
   }
   close(fd);
   uint64_t last_done = 0;

@@ -30,6 +30,7 @@ int ToErrno(const Status& status) {
     case Code::kCorruption:
     case Code::kStale:
     case Code::kOsError:
+    case Code::kAborted:
       return EIO;
   }
   return EIO;  // A Code added later without a mapping is still an error.

@@ -177,4 +177,16 @@ Result<struct stat> DatastoreFs::SetAttr(const std::string& path, const fuse::Se
 
 Result<struct statvfs> DatastoreFs::StatFs() { return backing_.StatFs(); }
 
+Result<Templates::WarmReport> DatastoreFs::Warm(
+    const std::string& path, uint64_t rate,
+    const std::function<bool(uint64_t, uint64_t)>& progress) {
+  if (rules_.RoleOf(path) == Role::kPassthrough) {
+    return Status::Error(Code::kInvalidArgument,
+                         path +
+                             " is passed through, not cached: no template or desktop rule "
+                             "matches it");
+  }
+  return templates_.Warm(path, rate, progress);
+}
+
 }  // namespace goldcache::roles

@@ -74,6 +74,9 @@ class DatastoreFs : public fuse::FileSystem {
   Status Reset(const std::string& path, bool force) { return desktops_.Reset(path, force); }
   std::vector<Desktops::Info> ListDesktops() const { return desktops_.List(); }
   std::vector<Templates::Info> ListTemplates() const { return templates_.List(); }
+  // See Templates::Warm; kInvalidArgument for a passthrough path (not cached).
+  Result<Templates::WarmReport> Warm(const std::string& path, uint64_t rate,
+                                     const std::function<bool(uint64_t, uint64_t)>& progress);
 
  private:
   class PassthroughFile;

@@ -283,6 +283,7 @@ TEST_F(DatastoreFsTest, UnsettledGenerationIsServedButNotCached) {
   EXPECT_EQ(ReadAll(**f, content_.size()), content_);
   EXPECT_EQ(ReadAll(**f, content_.size()), content_);
   (*f)->Release();
+  cache_->WaitIdle();
   EXPECT_EQ(cache_->used_bytes(), 0u);
   EXPECT_EQ(Counter("goldcache_datastore_read_bytes_total"), 2 * content_.size());
   EXPECT_EQ(Counter("goldcache_cache_unsettled_fills_total"), 2u * 4);
@@ -291,6 +292,7 @@ TEST_F(DatastoreFsTest, UnsettledGenerationIsServedButNotCached) {
   auto g = fs_->Open("templates/t.img", O_RDONLY);
   EXPECT_EQ(ReadAll(**g, content_.size()), content_);
   (*g)->Release();
+  cache_->WaitIdle();
   EXPECT_EQ(cache_->used_bytes(), content_.size());
 }
 

@@ -315,6 +315,32 @@ void Templates::OnClosed(const std::string& path, index::GenerationId gen, bool 
   }
 }
 
+Result<Templates::WarmReport> Templates::Warm(
+    const std::string& path, uint64_t rate,
+    const std::function<bool(uint64_t, uint64_t)>& progress) {
+  if (!read_cache_) {
+    return Status::Error(Code::kInvalidArgument, "the read cache is off ([cache] read_cache)");
+  }
+  auto source = OpenGeneration(path);
+  if (!source.ok()) return source.status();
+  if (!Settled((*source)->key())) {
+    return Status::Error(Code::kInvalidArgument,
+                         path + " changed on the datastore less than " +
+                             std::to_string(settle_.count()) +
+                             " ms ago and may still be being written: warm it once it settles");
+  }
+  if (rules_.RoleOf(path) == Role::kTemplate) {
+    std::lock_guard lock(mu_);
+    PathState& ps = paths_[path];  // listed, as an open would list it
+    ps.current = (*source)->generation();
+    ps.size = (*source)->size();
+  }
+  auto r = cache_.Warm((*source)->generation(), (*source)->size(), **source, kWarmParallel, rate,
+                       progress);
+  if (!r.ok()) return r.status();
+  return WarmReport{(*source)->generation(), r->bytes, r->from_datastore};
+}
+
 std::vector<Templates::Info> Templates::List() const {
   std::vector<Info> out;
   {

@@ -38,6 +38,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -122,6 +123,19 @@ class Templates {
   Result<struct stat> StatWithFallback(const std::string& path);
   // True when the generation's ctime and mtime are older than the settle time.
   bool Settled(const index::GenerationKey& key) const;
+
+  // Reads the current generation of `path` (a template or a desktop's
+  // datastore file) through the cache, kWarmParallel fetches at a time, so
+  // that the next boot storm finds it there (goldcache warm). `progress` and
+  // `rate` as cache::ChunkCache::Warm.
+  static constexpr unsigned kWarmParallel = 4;
+  struct WarmReport {
+    index::GenerationId generation = 0;
+    uint64_t bytes = 0;
+    uint64_t from_datastore = 0;
+  };
+  Result<WarmReport> Warm(const std::string& path, uint64_t rate,
+                          const std::function<bool(uint64_t, uint64_t)>& progress);
 
   struct Info {
     std::string path;

@@ -30,6 +30,8 @@ const char* CodeName(Code code) {
       return "not supported";
     case Code::kOsError:
       return "os error";
+    case Code::kAborted:
+      return "aborted";
   }
   return "unknown";
 }

@@ -24,6 +24,7 @@ enum class Code {
   kInvalidArgument,  // bad input from a caller or a config
   kNotSupported,     // operation not offered for this file or role
   kOsError,          // any other OS error; os_errno() carries the exact value
+  kAborted,          // the work was given up (a readahead no longer wanted, a stopped warm)
 };
 
 class [[nodiscard]] Status {

@@ -619,6 +619,17 @@ def assert_same_content(got: bytes, want: bytes, what: str) -> None:
                              f"(got {len(got)} bytes, expected {len(want)})")
 
 
+# The local store (cache/chunk_store.h): store.dat, one slot per chunk, each
+# slot 4 KiB-aligned meta (header, checksums) and then the chunk's data.
+STORE_FILE = "store.dat"
+
+
+def store_slot_layout(chunk: int) -> tuple[int, int]:
+    """(stride, data offset within a slot) of store.dat for a chunk size."""
+    meta = (64 + chunk // (4 * KiB) * 4 + 4 * KiB - 1) // (4 * KiB) * (4 * KiB)
+    return chunk + meta, meta
+
+
 def sha256_file(path: str, block: int = 4 * MiB) -> str:
     """Hex sha256 of a file's content, read in blocks (sparse files are fine)."""
     import hashlib

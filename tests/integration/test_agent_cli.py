@@ -203,14 +203,16 @@ def test_evict_drops_cached_bytes_and_next_read_goes_to_the_datastore(ws, make_t
 
 
 def flip_one_byte_per_chunk(path, chunk, count, seed):
-    """XORs one byte in `count` distinct used chunk slots of `path`."""
+    """XORs one byte of data in `count` distinct used chunk slots of store.dat."""
     rnd = random.Random(seed)
+    stride, data_at = gcrig.store_slot_layout(chunk)
     fd = os.open(path, os.O_RDWR)
     try:
-        slots = [i for i in range(os.fstat(fd).st_size // chunk) if any(os.pread(fd, 4 * KiB, i * chunk))]
+        slots = [i for i in range(os.fstat(fd).st_size // stride)
+                 if any(os.pread(fd, 4 * KiB, i * stride + data_at))]
         assert len(slots) >= count, f"{path}: only {len(slots)} used slots"
         for slot in rnd.sample(slots, count):
-            off = slot * chunk + rnd.randrange(4 * KiB)
+            off = slot * stride + data_at + rnd.randrange(4 * KiB)
             os.pwrite(fd, bytes([os.pread(fd, 1, off)[0] ^ 0xFF]), off)
         os.fsync(fd)
     finally:
@@ -227,7 +229,7 @@ def test_check_reports_zero_on_a_healthy_cache_and_drops_corrupted_chunks(ws, ma
     assert healthy == {"checked_chunks": 16, "checked_bytes": t.size, "bad_chunks_dropped": 0}, healthy
     assert "bad_chunks_dropped" in agent.cli("check").stdout
 
-    flip_one_byte_per_chunk(os.path.join(ws.cache_dir, "chunks.dat"), MiB, 3, seed=40)
+    flip_one_byte_per_chunk(os.path.join(ws.cache_dir, gcrig.STORE_FILE), MiB, 3, seed=40)
     report = cli_json(agent, "check")
     assert 1 <= report["bad_chunks_dropped"] <= 3, report
     bad = report["bad_chunks_dropped"]

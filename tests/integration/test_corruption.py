@@ -45,7 +45,7 @@ def test_flipped_bytes_in_stopped_cache_are_detected_and_refetched(ws, make_temp
     gcrig.assert_same_content(gcrig.read_all_direct(t.mnt_path, t.size), t.data, "first read")
     assert agent.stop() == 0
 
-    flip_bytes(os.path.join(ws.cache_dir, "chunks.dat"), 2 * SIZE, FLIPS, seed=22)
+    flip_bytes(os.path.join(ws.cache_dir, gcrig.STORE_FILE), 2 * SIZE, FLIPS, seed=22)
 
     agent.start()
     gcrig.assert_same_content(gcrig.read_all_direct(t.mnt_path, t.size), t.data,
@@ -65,7 +65,7 @@ def test_flipped_bytes_while_agent_runs_never_reach_readers(ws, make_template):
     gcrig.assert_same_content(gcrig.read_all_direct(t.mnt_path, t.size), t.data, "first read")
     agent.wait_index_durable()
 
-    flip_bytes(os.path.join(ws.cache_dir, "chunks.dat"), 2 * SIZE, FLIPS, seed=24)
+    flip_bytes(os.path.join(ws.cache_dir, gcrig.STORE_FILE), 2 * SIZE, FLIPS, seed=24)
 
     for block in (MiB, 64 * KiB):
         order = gcrig.block_orders(t.size // block, seed=25)["random"]
