@@ -17,12 +17,13 @@
 #include <exception>
 #include <fstream>
 #include <list>
-#include <mutex>
 #include <sstream>
 #include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "util/mutex.h"
 
 #ifndef SO_PEERGROUPS
 #define SO_PEERGROUPS 59  // Linux 4.13; older libc headers lack the name
@@ -205,14 +206,18 @@ std::string ErrorCodeName(Code code) {
 
 struct ControlServer::Impl {
   struct Connection {
-    int fd;             // -1 once the connection's thread has closed it; guarded by mu
-    bool done = false;  // guarded by mu
+    Connection(int fd_in, Mutex& mu_in) : mu(mu_in), fd(fd_in) {}
+    Mutex& mu;              // the Impl's
+    int fd GUARDED_BY(mu);  // -1 once the connection's thread has closed it
+    bool done GUARDED_BY(mu) = false;
     std::thread thread;
   };
 
   ControlOptions opts;
   Handler handler;
-  std::string refusal;  // the message for a peer that may not use the socket
+  std::string refusal;                // the message for a peer that may not use the socket
+  metrics::Counter own_bad_requests;  // used when opts.registry is null
+  metrics::Counter* bad_requests = &own_bad_requests;
   int listen_fd = -1;
   int wake_fd = -1;  // eventfd: written once by the destructor
   dev_t socket_dev = 0;
@@ -220,10 +225,10 @@ struct ControlServer::Impl {
   std::thread accept_thread;
   std::atomic<bool> stopping{false};
 
-  std::mutex mu;
   // Lock order: mu is a leaf; never held while calling the handler or
   // blocking on a socket.
-  std::list<Connection> connections;  // guarded by mu
+  Mutex mu;
+  std::list<Connection> connections GUARDED_BY(mu);
 
   ~Impl() {
     if (listen_fd >= 0) close(listen_fd);
@@ -231,10 +236,12 @@ struct ControlServer::Impl {
   }
 
   bool PeerAllowed(int fd, std::string* who) const;
-  void AcceptLoop();
-  void ReapFinished();
-  void Serve(Connection* conn);
+  void AcceptLoop() EXCLUDES(mu);
+  void ReapFinished() EXCLUDES(mu);
+  void Serve(Connection* conn) EXCLUDES(mu);
   nlohmann::json Answer(const std::string& line, const Progress& progress, const std::string& who);
+  // Counts and logs a request that never reaches the handler.
+  nlohmann::json Refuse(const std::string& message, const std::string& who);
 };
 
 bool ControlServer::Impl::PeerAllowed(int fd, std::string* who) const {
@@ -257,7 +264,7 @@ bool ControlServer::Impl::PeerAllowed(int fd, std::string* who) const {
 void ControlServer::Impl::ReapFinished() {
   std::list<Connection> finished;
   {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     for (auto it = connections.begin(); it != connections.end();) {
       auto next = std::next(it);
       if (it->done) finished.splice(finished.end(), connections, it);
@@ -292,10 +299,9 @@ void ControlServer::Impl::AcceptLoop() {
     }
     ReapFinished();
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       if (connections.size() < opts.max_connections) {
-        Connection& conn = connections.emplace_back();
-        conn.fd = fd;
+        Connection& conn = connections.emplace_back(fd, mu);
         conn.thread = std::thread([this, &conn] { Serve(&conn); });
         continue;
       }
@@ -309,7 +315,11 @@ void ControlServer::Impl::AcceptLoop() {
 }
 
 void ControlServer::Impl::Serve(Connection* conn) {
-  const int fd = conn->fd;  // stays open until this thread closes it below
+  int fd;
+  {
+    MutexLock lock(mu);
+    fd = conn->fd;  // stays open until this thread closes it below
+  }
   std::string who;
   if (!PeerAllowed(fd, &who)) {
     spdlog::warn("control socket {}: refused {}", opts.socket_path, who);
@@ -324,10 +334,10 @@ void ControlServer::Impl::Serve(Connection* conn) {
       case ReadOutcome::kLine: {
         // A handler may report from several worker threads; one line at a
         // time keeps them whole.
-        std::mutex send_mu;
+        Mutex send_mu;
         Progress progress([this, fd, &send_mu](const nlohmann::json& message) {
           std::string text = Line(nlohmann::json{{"progress", message}});
-          std::lock_guard<std::mutex> lock(send_mu);
+          MutexLock lock(send_mu);
           return !stopping && SendAll(fd, text);
         });
         answer = Answer(line, progress, who);
@@ -335,49 +345,48 @@ void ControlServer::Impl::Serve(Connection* conn) {
       }
       case ReadOutcome::kTooLarge:
         answer =
-            ErrorAnswer("request larger than " + std::to_string(kMaxRequestBytes >> 20) + " MiB",
-                        "bad-request");
+            Refuse("request larger than " + std::to_string(kMaxRequestBytes >> 20) + " MiB", who);
         break;
       case ReadOutcome::kFailed:
-        answer = ErrorAnswer(
-            "no complete request within " + std::to_string(kRequestTimeoutSeconds) + " s",
-            "bad-request");
+        answer = Refuse(
+            "no complete request within " + std::to_string(kRequestTimeoutSeconds) + " s", who);
         break;
       case ReadOutcome::kClosed:
         break;
     }
     if (!answer.is_null() && !stopping) SendAll(fd, Line(answer));
   }
-  std::lock_guard<std::mutex> lock(mu);
+  MutexLock lock(mu);
   close(fd);
   conn->fd = -1;
   conn->done = true;
 }
 
+nlohmann::json ControlServer::Impl::Refuse(const std::string& message, const std::string& who) {
+  bad_requests->Add();
+  spdlog::warn("control socket {}: refused a request from {}: {}", opts.socket_path, who, message);
+  return ErrorAnswer(message, "bad-request");
+}
+
 nlohmann::json ControlServer::Impl::Answer(const std::string& line, const Progress& progress,
                                            const std::string& who) {
-  nlohmann::json request = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (request.is_discarded() || !request.is_object()) {
-    return ErrorAnswer("malformed request: expected one JSON object on one line", "bad-request");
-  }
-  auto command = request.find("command");
-  if (command == request.end() || !command->is_string()) {
-    return ErrorAnswer("malformed request: no \"command\" string", "bad-request");
-  }
-  const std::string name = command->get<std::string>();
-  spdlog::info(
-      "control: {} from {}",
-      request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).substr(0, 512), who);
+  Result<ControlRequest> decoded = DecodeControlRequest(line);
+  if (!decoded.ok()) return Refuse(decoded.status().message(), who);
+  const nlohmann::json& request = decoded->body;
+  const std::string& name = decoded->command;
+  // Never dump() the request here: a bounded, flat summary of it.
+  spdlog::info("control: {} from {}", SummarizeRequest(request), who);
   try {
     Result<nlohmann::json> result = handler(request, progress);
     if (result.ok()) return {{"ok", true}, {"result", std::move(result).value()}};
-    spdlog::info("control: {} from {} failed: {}", name, who, result.status().ToString());
+    spdlog::info("control: {} from {} failed: {}", SummarizeRequest(name), who,
+                 result.status().ToString());
     return ErrorAnswer(result.status().message(), ErrorCodeName(result.status().code()));
   } catch (const std::exception& e) {
-    spdlog::error("control: {} from {} threw: {}", name, who, e.what());
+    spdlog::error("control: {} from {} threw: {}", SummarizeRequest(name), who, e.what());
     return ErrorAnswer(std::string("internal error in goldcached: ") + e.what(), "internal");
   } catch (...) {
-    spdlog::error("control: {} from {} threw a non-exception", name, who);
+    spdlog::error("control: {} from {} threw a non-exception", SummarizeRequest(name), who);
     return ErrorAnswer("internal error in goldcached", "internal");
   }
 }
@@ -399,13 +408,15 @@ ControlServer::~ControlServer() {
   impl.listen_fd = -1;
   // Only the accept thread adds connections, so the list's shape is fixed
   // from here on; cut the open ones so blocked reads and writes return.
+  std::list<Impl::Connection> all;
   {
-    std::lock_guard<std::mutex> lock(impl.mu);
+    MutexLock lock(impl.mu);
     for (Impl::Connection& conn : impl.connections) {
       if (conn.fd >= 0) shutdown(conn.fd, SHUT_RDWR);
     }
+    all.splice(all.end(), impl.connections);
   }
-  for (Impl::Connection& conn : impl.connections) conn.thread.join();
+  for (Impl::Connection& conn : all) conn.thread.join();
   // Remove the socket file only if it is still ours: an operator may have
   // started another agent on the same path after moving this one aside.
   struct stat st;
@@ -433,6 +444,10 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ControlOptions
   auto impl = std::make_unique<Impl>();
   impl->opts = opts;
   impl->handler = std::move(handler);
+  if (opts.registry != nullptr) {
+    impl->bad_requests = &opts.registry->GetCounter("goldcache_errors_total", "Errors by kind.",
+                                                    {{"kind", "control_bad_request"}});
+  }
   impl->refusal = "permission denied: the goldcache control socket is for root";
   if (opts.group) impl->refusal += " (or group " + GroupName(*opts.group) + ")";
 

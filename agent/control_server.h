@@ -14,8 +14,10 @@
 //   {"ok": false, "error": "a readable message", "code": "read-only"}
 // "code" is the goldcache Code of the failure (ErrorCodeName) or one of the
 // protocol's own: "permission-denied", "bad-request" (not JSON, no command,
-// over kMaxRequestBytes), "busy" (too many connections), "internal" (the
-// handler threw).
+// over kMaxRequestBytes, nested deeper than kMaxRequestDepth: see
+// control_protocol.h), "busy" (too many connections), "internal" (the
+// handler threw). Refused requests count in
+// goldcache_errors_total{kind="control_bad_request"} and are logged.
 //
 // Access control, twice: the socket file is mode 0660 owned by root:group
 // (0600 without a group), and each accepted peer's credentials (SO_PEERCRED)
@@ -42,12 +44,13 @@
 #include <optional>
 #include <string>
 
+#include "agent/control_protocol.h"
+#include "metrics/metrics.h"
 #include "util/status.h"
 
 namespace goldcache::agent {
 
 inline constexpr char kDefaultControlSocket[] = "/run/goldcache/goldcached.sock";
-inline constexpr size_t kMaxRequestBytes = 1 << 20;
 
 struct ControlOptions {
   std::string socket_path = kDefaultControlSocket;
@@ -55,6 +58,9 @@ struct ControlOptions {
   std::optional<gid_t> group;
   // Connections served at once; further ones are answered "busy".
   size_t max_connections = 16;
+  // Where refused requests are counted; none when null. Must outlive the
+  // server.
+  metrics::Registry* registry = nullptr;
 };
 
 // Lets a long command (warm, check) stream progress to its client.

@@ -259,6 +259,64 @@ TEST_F(ControlServerTest, MalformedRequestsGetAnErrorAndServerKeepsServing) {
   EXPECT_TRUE(ControlClient::Call(SocketPath(), {{"command", "status"}}).ok());
 }
 
+// A member of the control group sends a request nested 100,000 deep (200 KB,
+// well under the size limit). Logging or copying it recursively would
+// overflow the connection thread's stack and kill the agent.
+TEST_F(ControlServerTest, DeeplyNestedRequestIsRefusedAndServerKeepsServing) {
+  std::atomic<int> calls{0};
+  metrics::Registry registry;
+  ControlOptions opts;
+  opts.registry = &registry;
+  StartServer(
+      [&](const json& r, const Progress& p) {
+        ++calls;
+        return Echo(r, p);
+      },
+      opts);
+  constexpr int kDepth = 100000;
+  std::string deep = "{\"command\":\"warm\",\"path\":" + std::string(kDepth, '[') +
+                     std::string(kDepth, ']') + "}\n";
+  json answer = json::parse(RawExchange(SocketPath(), deep), nullptr, false);
+  ASSERT_FALSE(answer.is_discarded());
+  EXPECT_EQ(answer["ok"], false);
+  EXPECT_EQ(answer["code"], "bad-request");
+  EXPECT_EQ(answer["error"], "malformed request: objects and arrays nested deeper than " +
+                                 std::to_string(kMaxRequestDepth) + " levels");
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(registry
+                .GetCounter("goldcache_errors_total", "Errors by kind.",
+                            {{"kind", "control_bad_request"}})
+                .Value(),
+            1u);
+  EXPECT_TRUE(ControlClient::Call(SocketPath(), {{"command", "status"}}).ok());
+}
+
+TEST_F(ControlServerTest, RequestNestedToTheLimitIsServed) {
+  StartServer(Echo);
+  // The request object is level 1; the argument adds the rest.
+  std::string nested =
+      std::string(kMaxRequestDepth - 1, '[') + "7" + std::string(kMaxRequestDepth - 1, ']');
+  auto result =
+      ControlClient::Call(SocketPath(), {{"command", "warm"}, {"arg", json::parse(nested)}});
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ((*result)["echo"]["arg"], json::parse(nested));
+}
+
+TEST_F(ControlServerTest, EveryRefusedRequestIsCounted) {
+  metrics::Registry registry;
+  ControlOptions opts;
+  opts.registry = &registry;
+  StartServer(Echo, opts);
+  for (const char* bad : {"{not json\n", "[1]\n", "{\"command\":7}\n"}) {
+    EXPECT_EQ(json::parse(RawExchange(SocketPath(), bad))["code"], "bad-request") << bad;
+  }
+  std::string huge =
+      "{\"command\":\"warm\",\"path\":\"" + std::string(kMaxRequestBytes, 'a') + "\"}\n";
+  EXPECT_EQ(json::parse(RawExchange(SocketPath(), huge))["code"], "bad-request");
+  EXPECT_THAT(registry.RenderPrometheus(),
+              HasSubstr("goldcache_errors_total{kind=\"control_bad_request\"} 4\n"));
+}
+
 TEST_F(ControlServerTest, RequestOverOneMebibyteIsRefused) {
   StartServer(Echo);
   std::string huge =

@@ -366,6 +366,7 @@ int Serve(const AgentConfig& config) {
 
   ControlOptions control_options;
   control_options.socket_path = config.control.socket;
+  control_options.registry = &registry;
   auto group = ResolveControlGroup(config);
   if (!group.ok()) return Fail(config.Where("control.group") + ": " + group.status().message());
   control_options.group = *group;
