@@ -17,7 +17,7 @@
 #include <tuple>
 
 #include "agent/control_server.h"
-#include "agent/stats_server.h"
+#include "agent/listen_address.h"
 #include "util/units.h"
 
 namespace goldcache::agent {
@@ -709,8 +709,7 @@ void ApplyFlagValues(AgentConfig& c, const FlagOverrides& f, bool from_file, Pro
   FromFlag(f.cache_size, "--cache-size", SizeValue, &c.cache.size, o, "cache.size", p);
   FromFlag(f.chunk_size, "--chunk-size", ChunkSizeValue, &c.cache.chunk_size, o, "cache.chunk_size",
            p);
-  FromFlag(f.read_cache, "--read-cache", OnOffValue, &c.cache.read_cache, o, "cache.read_cache",
-           p);
+  FromFlag(f.read_cache, "--read-cache", OnOffValue, &c.cache.read_cache, o, "cache.read_cache", p);
   FromFlag(f.settle, "--settle", ParseDuration, &c.cache.settle, o, "cache.settle", p);
   FromFlag(f.overlay_ram, "--overlay-ram", SizeValue, &c.overlay.ram_per_desktop, o,
            "overlay.ram_per_desktop", p);

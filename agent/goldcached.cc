@@ -361,7 +361,7 @@ int Serve(const AgentConfig& config) {
 
   auto stats = StatsServer::Start(
       config.stats.listen, registry, [&] { return agent.Stats(); }, config.stats.allow_non_loopback,
-      [&] { return RenderInventoryPrometheus(agent.Inventory()); });
+      StatsLimits{}, [&] { return RenderInventoryPrometheus(agent.Inventory()); });
   if (!stats.ok()) return Fail(config.Where("stats.listen") + ": " + stats.status().message());
 
   ControlOptions control_options;
