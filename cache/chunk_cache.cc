@@ -30,6 +30,7 @@
 #include <list>
 
 #include "cache/checksum.h"
+#include "util/private_dir.h"
 
 namespace goldcache::cache {
 namespace {
@@ -228,8 +229,22 @@ Result<std::unique_ptr<ChunkCache>> ChunkCache::Open(const CacheOptions& options
 Status ChunkCache::Init() {
   const std::string& dir = options_.dir;
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return Status::Error(Code::kIoError, "creating cache dir " + dir + ": " + ec.message());
+  // Owner-only (0700, files 0600): the index names datastore paths and the
+  // overlays hold desktops' data. A cache dir made by an older agent is
+  // tightened, and says so.
+  Result<size_t> loosened = MakePrivateTree(dir);
+  if (!loosened.ok()) {
+    return Status::Error(Code::kIoError, "cache dir: " + loosened.status().message());
+  }
+  if (*loosened > 0) {
+    options_.registry
+        ->GetCounter("goldcache_errors_total", "Errors by kind.", {{"kind", "cache_permissions"}})
+        .Add(*loosened);
+    spdlog::warn(
+        "cache {}: {} files and directories were readable by other users; made them owner-only "
+        "(0700/0600)",
+        dir, *loosened);
+  }
   const std::string marker = dir + "/" + kRunningMarker;
   recovered_from_crash_ = std::filesystem::exists(marker);
   if (recovered_from_crash_) {

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 
+#include "index/private_env.h"
+
 namespace goldcache::index {
 namespace {
 
@@ -23,6 +25,7 @@ Status FromRocks(const rocksdb::Status& s, const std::string& what) {
 Result<std::unique_ptr<ChunkIndex>> ChunkIndex::Open(Options options) {
   rocksdb::Options db_options;
   db_options.create_if_missing = true;
+  db_options.env = PrivateFilesEnv();  // files 0600: the index names datastore paths
   db_options.paranoid_checks = true;
   // The index is small (tens of bytes per MiB cached): keep RocksDB modest.
   db_options.max_background_jobs = 2;
