@@ -304,6 +304,8 @@ Status ChunkCache::Init() {
   // The budget counts chunk bytes; each slot's checksums (4 KiB per MiB)
   // come on top.
   slots_ = options_.capacity_bytes / chunk_size_;
+  io::CountIoUringFailuresIn(&options_.registry->GetCounter(
+      "goldcache_errors_total", "Errors by kind.", {{"kind", "io_uring"}}));
   auto store = ChunkStore::Open(env_, dir, chunk_size_, slots_);
   if (!store.ok()) return store.status();
   store_ = std::move(store).value();

@@ -27,6 +27,7 @@
 #include <span>
 #include <string>
 
+#include "metrics/metrics.h"
 #include "util/status.h"
 
 namespace goldcache::io {
@@ -77,5 +78,8 @@ class Env {
 
 // The real file system, with a pool of io_uring rings. Process-wide.
 Env& PosixEnv();
+// Where PosixEnv counts io_uring submissions or waits that failed (each is
+// then done with pread/pwrite, and its ring discarded).
+void CountIoUringFailuresIn(metrics::Counter* counter);
 
 }  // namespace goldcache::io

@@ -93,6 +93,8 @@ class Posix final : public Env {
     return rc == 0 ? Status::Ok() : Status::FromErrno(err, "syncing " + dir);
   }
 
+  IoRings& rings() { return rings_; }
+
   Result<struct statvfs> StatFs(const std::string& path) override {
     struct statvfs st;
     if (::statvfs(path.c_str(), &st) != 0) return Status::FromErrno(errno, "statvfs " + path);
@@ -105,9 +107,17 @@ class Posix final : public Env {
 
 }  // namespace
 
-Env& PosixEnv() {
+namespace {
+Posix& ThePosix() {
   static Posix* env = new Posix();  // never destroyed: files may outlive static destruction
   return *env;
+}
+}  // namespace
+
+Env& PosixEnv() { return ThePosix(); }
+
+void CountIoUringFailuresIn(metrics::Counter* counter) {
+  ThePosix().rings().CountFailuresIn(counter);
 }
 
 }  // namespace goldcache::io
