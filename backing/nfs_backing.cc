@@ -39,6 +39,8 @@
 #include <utility>
 #include <vector>
 
+#include "util/mutex.h"
+
 namespace goldcache::backing {
 namespace {
 
@@ -198,12 +200,15 @@ class Pool {
 
   // Waits up to the timeout for a free context. `what` names the operation
   // for the kTimedOut message.
-  Result<Lease> Acquire(const std::string& what) {
+  Result<Lease> Acquire(const std::string& what) EXCLUDES(mu_) {
     std::vector<nfsfh*> retired;
     unsigned slot;
     {
-      std::unique_lock lock(mu_);
-      if (!cv_.wait_for(lock, settings_.options.timeout, [this] { return !free_.empty(); })) {
+      MutexLock lock(mu_);
+      if (!cv_.WaitFor(lock, settings_.options.timeout, [this] {
+            mu_.AssertHeld();
+            return !free_.empty();
+          })) {
         return Status::Error(Code::kTimedOut,
                              what + ": all " + std::to_string(contexts_.size()) +
                                  " connections to the datastore stayed busy for " +
@@ -221,9 +226,9 @@ class Pool {
 
   // Closes `fh`, opened on context `slot`, now if that context is free, else
   // when it is next borrowed. Never blocks on the network for the caller.
-  void Retire(unsigned slot, nfsfh* fh) {
+  void Retire(unsigned slot, nfsfh* fh) EXCLUDES(mu_) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       auto it = std::find(free_.begin(), free_.end(), slot);
       if (it == free_.end()) {
         retired_[slot].push_back(fh);
@@ -236,21 +241,21 @@ class Pool {
   }
 
  private:
-  void Release(unsigned slot) {
+  void Release(unsigned slot) EXCLUDES(mu_) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       free_.push_back(slot);
     }
-    cv_.notify_one();
+    cv_.NotifyOne();
   }
 
   const Settings settings_;
   const std::vector<nfs_context*> contexts_;  // fixed; contexts_[i] used by slot i's holder only
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<unsigned> free_;                // GUARDED_BY(mu_)
-  std::vector<std::vector<nfsfh*>> retired_;  // GUARDED_BY(mu_), per slot
+  Mutex mu_;
+  CondVar cv_;
+  std::vector<unsigned> free_ GUARDED_BY(mu_);
+  std::vector<std::vector<nfsfh*>> retired_ GUARDED_BY(mu_);  // per slot
 };
 
 class NfsFile final : public BackingFile {

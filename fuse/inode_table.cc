@@ -48,12 +48,12 @@ InodeTable::Inode* InodeTable::FindLocked(NodeId id) const {
 }
 
 NodeId InodeTable::Lookup(NodeId parent, std::string_view name, const struct stat& st) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return LookupLocked(parent, name, st, /*only_if_unknown=*/false);
 }
 
 NodeId InodeTable::LookupIfUnknown(NodeId parent, std::string_view name, const struct stat& st) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return LookupLocked(parent, name, st, /*only_if_unknown=*/true);
 }
 
@@ -156,7 +156,7 @@ void InodeTable::MaybeEraseLocked(Inode* start) {
 
 void InodeTable::Forget(NodeId id, uint64_t nlookup) {
   if (id == kRootNodeId) return;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Inode* inode = FindLocked(id);
   if (inode == nullptr) return;
   inode->nlookup -= std::min(inode->nlookup, nlookup);
@@ -182,14 +182,14 @@ std::optional<std::string> InodeTable::PathLocked(const Inode* inode) const {
 }
 
 std::optional<std::string> InodeTable::Path(NodeId id) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   const Inode* inode = FindLocked(id);
   if (inode == nullptr) return std::nullopt;
   return PathLocked(inode);
 }
 
 std::optional<NodeId> InodeTable::NodeOfPath(std::string_view path) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   NodeId node = kRootNodeId;
   while (!path.empty()) {
     const size_t slash = path.find('/');
@@ -211,7 +211,7 @@ std::optional<std::string> InodeTable::ChildPath(NodeId parent, std::string_view
 }
 
 void InodeTable::RemoveName(NodeId parent, std::string_view name) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = by_name_.find(NameKey{parent, std::string(name)});
   if (it == by_name_.end()) return;
   RemoveNameLocked(it->second, parent, name);
@@ -219,7 +219,7 @@ void InodeTable::RemoveName(NodeId parent, std::string_view name) {
 
 void InodeTable::Rename(NodeId parent_id, std::string_view name, NodeId new_parent_id,
                         std::string_view new_name, bool exchange) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Inode* parent = FindLocked(parent_id);
   Inode* new_parent = FindLocked(new_parent_id);
   if (parent == nullptr || new_parent == nullptr) return;
@@ -248,7 +248,7 @@ void InodeTable::Rename(NodeId parent_id, std::string_view name, NodeId new_pare
 }
 
 bool InodeTable::AddHandle(const std::shared_ptr<FileHandle>& handle) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Inode* inode = FindLocked(handle->node);
   if (inode == nullptr) return false;
   inode->handles.push_back(handle);
@@ -256,7 +256,7 @@ bool InodeTable::AddHandle(const std::shared_ptr<FileHandle>& handle) {
 }
 
 std::shared_ptr<FileHandle> InodeTable::RemoveHandle(const FileHandle* handle) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Inode* inode = FindLocked(handle->node);
   if (inode == nullptr) return nullptr;
   auto it = std::find_if(inode->handles.begin(), inode->handles.end(),
@@ -269,19 +269,19 @@ std::shared_ptr<FileHandle> InodeTable::RemoveHandle(const FileHandle* handle) {
 }
 
 std::shared_ptr<FileHandle> InodeTable::AnyHandle(NodeId id) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   const Inode* inode = FindLocked(id);
   if (inode == nullptr || inode->handles.empty()) return nullptr;
   return inode->handles.front();
 }
 
 size_t InodeTable::size() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return nodes_.size();
 }
 
 uint64_t InodeTable::LookupCount(NodeId id) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   const Inode* inode = FindLocked(id);
   if (inode == nullptr || id == kRootNodeId) return 0;
   return inode->nlookup;

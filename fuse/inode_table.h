@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "fuse/filesystem.h"
+#include "util/mutex.h"
 
 namespace goldcache::fuse {
 
@@ -73,49 +74,49 @@ class InodeTable {
   // and returns its node id with the lookup count raised by one. A name that
   // pointed at another node before (the file was replaced) is moved.
   // REQUIRES: `parent` is a live node id.
-  NodeId Lookup(NodeId parent, std::string_view name, const struct stat& st);
+  NodeId Lookup(NodeId parent, std::string_view name, const struct stat& st) EXCLUDES(mu_);
 
   // Like Lookup, but only for a file the kernel holds no reference to (no
   // node, or a node with lookup count 0); returns 0 and changes nothing
   // otherwise. For readdirplus, whose attributes come from an older snapshot.
-  NodeId LookupIfUnknown(NodeId parent, std::string_view name, const struct stat& st);
+  NodeId LookupIfUnknown(NodeId parent, std::string_view name, const struct stat& st) EXCLUDES(mu_);
 
   // Lowers the lookup count of `node` by `nlookup` (FORGET / BATCH_FORGET).
   // Unknown ids are ignored.
-  void Forget(NodeId node, uint64_t nlookup);
+  void Forget(NodeId node, uint64_t nlookup) EXCLUDES(mu_);
 
   // The node's path relative to the mount root ("" for the root), or nullopt
   // if the node is unknown or it or an ancestor was unlinked or removed.
-  std::optional<std::string> Path(NodeId node) const;
+  std::optional<std::string> Path(NodeId node) const EXCLUDES(mu_);
   // The node the kernel knows by `path` (relative to the mount root, "" for
   // the root), or nullopt when some component is unknown to the kernel.
-  std::optional<NodeId> NodeOfPath(std::string_view path) const;
+  std::optional<NodeId> NodeOfPath(std::string_view path) const EXCLUDES(mu_);
   // Path(parent) + "/" + name, with the same nullopt cases.
-  std::optional<std::string> ChildPath(NodeId parent, std::string_view name) const;
+  std::optional<std::string> ChildPath(NodeId parent, std::string_view name) const EXCLUDES(mu_);
 
   // After a successful unlink/rmdir (or an ENOENT lookup): `name` in `parent`
   // no longer names anything. The node stays valid until forgotten (an open
   // file keeps working through its handle) but has no path any more, unless
   // it has another hard-link name.
-  void RemoveName(NodeId parent, std::string_view name);
+  void RemoveName(NodeId parent, std::string_view name) EXCLUDES(mu_);
 
   // After a successful rename(2): moves the node named `name` in `parent` to
   // `new_name` in `new_parent`. Without `exchange`, whatever the destination
   // named before loses that name; with `exchange` the two names swap.
   void Rename(NodeId parent, std::string_view name, NodeId new_parent, std::string_view new_name,
-              bool exchange);
+              bool exchange) EXCLUDES(mu_);
 
   // Open-handle registry, used to stat files that were unlinked while open.
   // The table owns registered handles. False if handle->node is unknown.
-  [[nodiscard]] bool AddHandle(const std::shared_ptr<FileHandle>& handle);
+  [[nodiscard]] bool AddHandle(const std::shared_ptr<FileHandle>& handle) EXCLUDES(mu_);
   // Removes and returns the registered handle (null if unknown).
-  std::shared_ptr<FileHandle> RemoveHandle(const FileHandle* handle);
+  std::shared_ptr<FileHandle> RemoveHandle(const FileHandle* handle) EXCLUDES(mu_);
   // Some open handle of `node`, or null.
-  std::shared_ptr<FileHandle> AnyHandle(NodeId node) const;
+  std::shared_ptr<FileHandle> AnyHandle(NodeId node) const EXCLUDES(mu_);
 
   // Introspection for tests and metrics.
-  size_t size() const;                      // live nodes, root included
-  uint64_t LookupCount(NodeId node) const;  // 0 for unknown nodes
+  size_t size() const EXCLUDES(mu_);                      // live nodes, root included
+  uint64_t LookupCount(NodeId node) const EXCLUDES(mu_);  // 0 for unknown nodes
 
  private:
   struct Inode;
@@ -137,18 +138,19 @@ class InodeTable {
   };
 
   NodeId LookupLocked(NodeId parent, std::string_view name, const struct stat& st,
-                      bool only_if_unknown);
-  Inode* FindLocked(NodeId id) const;
-  std::optional<std::string> PathLocked(const Inode* inode) const;
-  void AddNameLocked(Inode* inode, Inode* parent, std::string_view name);
-  void RemoveNameLocked(Inode* inode, NodeId parent, std::string_view name);
-  void MaybeEraseLocked(Inode* inode);
+                      bool only_if_unknown) REQUIRES(mu_);
+  Inode* FindLocked(NodeId id) const REQUIRES(mu_);
+  std::optional<std::string> PathLocked(const Inode* inode) const REQUIRES(mu_);
+  void AddNameLocked(Inode* inode, Inode* parent, std::string_view name) REQUIRES(mu_);
+  void RemoveNameLocked(Inode* inode, NodeId parent, std::string_view name) REQUIRES(mu_);
+  void MaybeEraseLocked(Inode* inode) REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  NodeId next_id_ = kRootNodeId + 1;                          // GUARDED_BY(mu_)
-  std::unordered_map<NodeId, std::unique_ptr<Inode>> nodes_;  // GUARDED_BY(mu_)
-  std::unordered_map<NameKey, Inode*, NameKeyHash> by_name_;  // GUARDED_BY(mu_)
-  std::unordered_map<FileKey, Inode*, FileKeyHash> by_file_;  // GUARDED_BY(mu_)
+  // Guards the maps and every Inode in them.
+  mutable Mutex mu_;
+  NodeId next_id_ GUARDED_BY(mu_) = kRootNodeId + 1;
+  std::unordered_map<NodeId, std::unique_ptr<Inode>> nodes_ GUARDED_BY(mu_);
+  std::unordered_map<NameKey, Inode*, NameKeyHash> by_name_ GUARDED_BY(mu_);
+  std::unordered_map<FileKey, Inode*, FileKeyHash> by_file_ GUARDED_BY(mu_);
 };
 
 }  // namespace goldcache::fuse

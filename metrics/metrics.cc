@@ -181,14 +181,14 @@ Registry::Child& Registry::ChildFor(const std::string& name, const std::string& 
 
 Counter& Registry::GetCounter(const std::string& name, const std::string& help,
                               const Labels& labels) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Child& child = ChildFor(name, help, Type::kCounter, labels, nullptr);
   if (!child.counter) child.counter = std::make_unique<Counter>();
   return *child.counter;
 }
 
 Gauge& Registry::GetGauge(const std::string& name, const std::string& help, const Labels& labels) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Child& child = ChildFor(name, help, Type::kGauge, labels, nullptr);
   if (child.callback) Die("gauge \"" + name + "\" already is a callback gauge for these labels");
   if (!child.gauge) child.gauge = std::make_unique<Gauge>();
@@ -197,7 +197,7 @@ Gauge& Registry::GetGauge(const std::string& name, const std::string& help, cons
 
 Histogram& Registry::GetHistogram(const std::string& name, const std::string& help,
                                   const Labels& labels, std::vector<double> bounds) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Child& child = ChildFor(name, help, Type::kHistogram, labels, &bounds);
   if (!child.histogram) child.histogram = std::make_unique<Histogram>(std::move(bounds));
   return *child.histogram;
@@ -205,14 +205,14 @@ Histogram& Registry::GetHistogram(const std::string& name, const std::string& he
 
 void Registry::AddCallbackGauge(const std::string& name, const std::string& help,
                                 const Labels& labels, std::function<double()> fn) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Child& child = ChildFor(name, help, Type::kGauge, labels, nullptr);
   if (child.gauge) Die("gauge \"" + name + "\" already is a plain gauge for these labels");
   child.callback = std::move(fn);
 }
 
 std::string Registry::RenderPrometheus() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::string out;
   for (const auto& [name, family] : families_) {
     out += "# HELP ";
@@ -256,7 +256,7 @@ std::string Registry::RenderPrometheus() const {
 }
 
 nlohmann::json Registry::RenderJson() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   nlohmann::json out = nlohmann::json::object();
   for (const auto& [name, family] : families_) {
     nlohmann::json metrics = nlohmann::json::array();

@@ -22,11 +22,12 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "util/mutex.h"
 
 namespace goldcache::metrics {
 
@@ -100,38 +101,40 @@ class Registry {
 
   // Returns the metric named `name` with exactly `labels`, creating it on
   // first use. `help` is taken from the first registration of the name.
-  Counter& GetCounter(const std::string& name, const std::string& help, const Labels& labels = {});
-  Gauge& GetGauge(const std::string& name, const std::string& help, const Labels& labels = {});
+  Counter& GetCounter(const std::string& name, const std::string& help, const Labels& labels = {})
+      EXCLUDES(mu_);
+  Gauge& GetGauge(const std::string& name, const std::string& help, const Labels& labels = {})
+      EXCLUDES(mu_);
   // All histograms of one name must use the same bounds.
   Histogram& GetHistogram(const std::string& name, const std::string& help, const Labels& labels,
-                          std::vector<double> bounds);
+                          std::vector<double> bounds) EXCLUDES(mu_);
   // A gauge whose value is computed at render time (cache fill, free space).
   // `fn` is called with the registry's lock held: it must be cheap, must not
   // call into this registry, and must stay callable for the registry's
   // lifetime. Registering the same name and labels again replaces `fn`.
   void AddCallbackGauge(const std::string& name, const std::string& help, const Labels& labels,
-                        std::function<double()> fn);
+                        std::function<double()> fn) EXCLUDES(mu_);
 
   // Prometheus text exposition format 0.0.4, families sorted by name.
-  std::string RenderPrometheus() const;
+  std::string RenderPrometheus() const EXCLUDES(mu_);
   // {"<name>": {"type": "counter", "help": "...", "metrics": [{"labels": {...},
   //   "value": 1}]}}; a histogram metric has "count", "sum" and "buckets":
   //   [{"le": 0.1, "count": <cumulative>}, ..., {"le": "+Inf", "count": n}].
-  nlohmann::json RenderJson() const;
+  nlohmann::json RenderJson() const EXCLUDES(mu_);
 
  private:
   enum class Type : int;
   struct Child;
   struct Family;
-  // REQUIRES: mu_ held. Finds or creates the child for `labels`, aborting
-  // when `name` already has another type.
+  // Finds or creates the child for `labels`, aborting when `name` already
+  // has another type.
   Child& ChildFor(const std::string& name, const std::string& help, Type type, const Labels& labels,
-                  const std::vector<double>* bounds);
+                  const std::vector<double>* bounds) REQUIRES(mu_);
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   // Families never move once created; children live in unique_ptrs, so
   // references handed out stay valid while the maps grow.
-  std::map<std::string, std::unique_ptr<Family>> families_;  // GUARDED_BY(mu_)
+  std::map<std::string, std::unique_ptr<Family>> families_ GUARDED_BY(mu_);
 };
 
 }  // namespace goldcache::metrics
