@@ -111,6 +111,11 @@ Result<ControlRequest> DecodeControlRequest(std::string_view line) {
     return Status::Error(Code::kInvalidArgument,
                          "request larger than " + std::to_string(kMaxRequestBytes >> 20) + " MiB");
   }
+  // nlohmann takes a NUL byte for the end of the input and would accept
+  // whatever follows unread; no JSON text holds one.
+  if (line.find('\0') != std::string_view::npos) {
+    return Status::Error(Code::kInvalidArgument, "malformed request: NUL byte in the request");
+  }
   if (JsonNestingDepth(line, kMaxRequestDepth) > kMaxRequestDepth) {
     return Status::Error(Code::kInvalidArgument,
                          "malformed request: objects and arrays nested deeper than " +

@@ -40,7 +40,8 @@ Result<ControlRequest> DecodeControlRequest(std::string_view line);
 
 // The deepest nesting of objects and arrays in `text`, counting only
 // brackets outside strings, or `limit + 1` as soon as it passes `limit`.
-// Exact for every text nlohmann accepts; linear, no recursion, no allocation.
+// Exact for every text without NUL bytes that nlohmann accepts (nlohmann
+// stops reading at a NUL); linear, no recursion, no allocation.
 int JsonNestingDepth(std::string_view text, int limit);
 
 // One bounded log line's worth of a decoded request: each top-level key with

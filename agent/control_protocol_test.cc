@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <string_view>
 
 namespace goldcache::agent {
 namespace {
@@ -44,6 +45,14 @@ TEST(DecodeControlRequestTest, RefusesWhatIsNotARequest) {
     EXPECT_EQ(request.status().code(), Code::kInvalidArgument);
     EXPECT_THAT(request.status().message(), StartsWith("malformed request: ")) << bad;
   }
+}
+
+TEST(DecodeControlRequestTest, RefusesANulByte) {
+  // nlohmann would stop at the NUL and accept the object before it.
+  using namespace std::string_view_literals;
+  auto request = DecodeControlRequest("{\"command\":\"status\"}\0[[[["sv);
+  ASSERT_FALSE(request.ok());
+  EXPECT_EQ(request.status().message(), "malformed request: NUL byte in the request");
 }
 
 TEST(DecodeControlRequestTest, RefusesDeepNestingBeforeParsing) {
