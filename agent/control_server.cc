@@ -267,6 +267,7 @@ void ControlServer::Impl::ReapFinished() {
     MutexLock lock(mu);
     for (auto it = connections.begin(); it != connections.end();) {
       auto next = std::next(it);
+      it->mu.AssertHeld();  // it->mu is mu: every Connection shares the Impl's
       if (it->done) finished.splice(finished.end(), connections, it);
       it = next;
     }
@@ -317,7 +318,7 @@ void ControlServer::Impl::AcceptLoop() {
 void ControlServer::Impl::Serve(Connection* conn) {
   int fd;
   {
-    MutexLock lock(mu);
+    MutexLock lock(conn->mu);
     fd = conn->fd;  // stays open until this thread closes it below
   }
   std::string who;
@@ -356,7 +357,7 @@ void ControlServer::Impl::Serve(Connection* conn) {
     }
     if (!answer.is_null() && !stopping) SendAll(fd, Line(answer));
   }
-  MutexLock lock(mu);
+  MutexLock lock(conn->mu);
   close(fd);
   conn->fd = -1;
   conn->done = true;

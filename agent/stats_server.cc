@@ -190,11 +190,11 @@ class WarningLimiter {
 
 struct StatsServer::Impl {
   struct Connection {
+    Connection(int fd_in, Mutex& mu_in) : mu(mu_in), fd(fd_in) {}
+    Mutex& mu;              // the Impl's
     int fd GUARDED_BY(mu);  // -1 once its thread has closed it
     bool done GUARDED_BY(mu) = false;
     std::thread thread;
-    Mutex& mu;
-    Connection(int fd_in, Mutex& m) : fd(fd_in), mu(m) {}
   };
 
   Impl(metrics::Registry& registry, const StatsLimits& limits_in)
@@ -237,6 +237,7 @@ void StatsServer::Impl::ReapFinished() {
     MutexLock lock(mu);
     for (auto it = connections.begin(); it != connections.end();) {
       auto next = std::next(it);
+      it->mu.AssertHeld();  // it->mu is mu: every Connection shares the Impl's
       if (it->done) finished.splice(finished.end(), connections, it);
       it = next;
     }
@@ -301,7 +302,7 @@ void StatsServer::Impl::AcceptLoop() {
 void StatsServer::Impl::Serve(Connection* conn) {
   int fd;
   {
-    MutexLock lock(mu);
+    MutexLock lock(conn->mu);
     fd = conn->fd;  // stays open until this thread closes it below
   }
   DeadlineStream stream(fd);
@@ -324,7 +325,7 @@ void StatsServer::Impl::Serve(Connection* conn) {
     }
     if (!ok || closed) break;
   }
-  MutexLock lock(mu);
+  MutexLock lock(conn->mu);
   shutdown(fd, SHUT_RDWR);
   close(fd);
   conn->fd = -1;
