@@ -224,6 +224,7 @@ void InodeTable::Rename(NodeId parent_id, std::string_view name, NodeId new_pare
   Inode* new_parent = FindLocked(new_parent_id);
   if (parent == nullptr || new_parent == nullptr) return;
   auto find = [&](NodeId p, std::string_view n) -> Inode* {
+    mu_.AssertHeld();  // called right below, under the lock
     auto it = by_name_.find(NameKey{p, std::string(n)});
     return it == by_name_.end() ? nullptr : it->second;
   };
