@@ -29,6 +29,7 @@
 #include "roles/datastore_fs.h"
 #include "roles/local_space.h"
 #include "roles/rules.h"
+#include "util/private_dir.h"
 #include "util/units.h"
 
 namespace goldcache::agent {
@@ -331,6 +332,12 @@ int Serve(const AgentConfig& config) {
   overlay_options.ram_host_cap = config.overlay.ram_host;
   overlay_options.disk_space = &space;
   overlay_options.registry = &registry;
+  // The desktops' data: owner-only like the rest of the cache dir (the
+  // overlay store would create it with the process umask).
+  auto overlay_dir = MakePrivateTree(overlay_options.dir);
+  if (!overlay_dir.ok()) {
+    return Fail(config.Where("cache.dir") + ": " + overlay_dir.status().message());
+  }
   auto overlays = overlay::OverlayStore::Open(overlay_options);
   if (!overlays.ok()) return Fail(config.Where("cache.dir") + ": " + overlays.status().message());
 
