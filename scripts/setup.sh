@@ -26,7 +26,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev
   libcpp-httplib-dev libcli11-dev libtomlplusplus-dev
   libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind
-  qemu-utils fio python3 python3-pytest python3-prometheus-client dpkg-dev systemd
+  qemu-utils fio python3 python3-pytest python3-prometheus-client python3-matplotlib dpkg-dev systemd
   procps util-linux ca-certificates file netbase
   lintian prometheus python3-yaml
   clang-14 libclang-rt-14-dev llvm-14
