@@ -318,16 +318,18 @@ class Desktop:
         return random.Random(f"{self.seed}/{self.index}/{phase}/{self.cycle}")
 
     def scratch_write(self, rng: random.Random, sizes) -> tuple[int, int]:
+        """A write to the page file / temp area: mostly appends at the cursor,
+        else a rewrite of something written in the last MiB."""
         lo, hi = self.scratch
         k = pick(rng, sizes)
-        if rng.random() < 0.7:  # appends
+        if rng.random() < 0.8 or self.cursor - lo < MiB:
             off = self.cursor
             if off + k > hi:
                 off = lo
         else:
-            off = lo + rng.randrange((hi - lo - k) // BLOCK + 1) * BLOCK
+            off = self.cursor - MiB + rng.randrange(MiB // BLOCK) * BLOCK
         off = off // k * k  # naturally aligned
-        self.cursor = off + k
+        self.cursor = max(self.cursor, off + k) if off >= self.cursor - MiB else off + k
         return off, k
 
     def in_file_write(self, rng: random.Random, f: File, sizes) -> tuple[int, int]:
@@ -363,11 +365,18 @@ class Phase:
 
 class Boot(Phase):
     name, boot = "boot", True
-    write_every = 4  # one write per four reads: 80/20 by ops
+    write_every = 4     # one write per four reads: 80/20 by ops
+    own_writes = 0.1    # writes of this desktop's own choosing; the rest are every boot's
+    skip = 0.02         # files a desktop's boot does not read
 
     def ops(self, d: Desktop) -> list[Op]:
         rng = d.rng(self.name)
         files = d.boot_set.files
+        # Every desktop of the image writes the same places at boot (the same
+        # OS: its logs, its hives, its page file), with its own bytes: one
+        # shared sequence of write positions, from the seed alone.
+        shared = Desktop(-1, d.template, d.boot_set, d.app_set, d.scratch, d.seed)
+        shared_rng = random.Random(f"{d.seed}/boot-writes")
         # The same boot as every other desktop's, in a slightly different
         # order (services start in parallel), a few files skipped.
         order = sorted(range(len(files)), key=lambda i: i + rng.gauss(0, 3))
@@ -375,7 +384,7 @@ class Boot(Phase):
         reads = 0
         for i in order:
             f = files[i]
-            if rng.random() < 0.05:
+            if rng.random() < self.skip:
                 continue
             if f.size > SEQUENTIAL_FILE:
                 pieces = tile(rng, f.off, f.off + f.size, SEQ_READS)
@@ -386,14 +395,19 @@ class Boot(Phase):
                 out.append(read_op(d.state, off, k))
                 reads += 1
                 if reads % self.write_every == 0:
-                    out.append(self.write(d, rng))
+                    out.append(self.write(d, rng, shared, shared_rng))
+        d.cursor = shared.cursor
         return out
 
-    def write(self, d: Desktop, rng: random.Random) -> Op:
-        if rng.random() < 0.4:
+    def write(self, d: Desktop, rng: random.Random, shared: Desktop,
+              shared_rng: random.Random) -> Op:
+        if rng.random() < self.own_writes:
             off, k = d.in_file_write(rng, rng.choice(d.boot_set.mutable), BOOT_WRITES)
+        elif shared_rng.random() < 0.4:
+            off, k = shared.in_file_write(shared_rng, shared_rng.choice(d.boot_set.mutable),
+                                          BOOT_WRITES)
         else:
-            off, k = d.scratch_write(rng, BOOT_WRITES)
+            off, k = shared.scratch_write(shared_rng, BOOT_WRITES)
         d.remember(off, k)
         return write_op(d.state, rng, off, k)
 
