@@ -456,7 +456,9 @@ class Run:
         self.disks = [DiskRef(i, f"pool/vm{i:02d}.qcow2", "qcow2") for i in range(n - raw)]
         self.disks += [DiskRef(n - raw + j, f"pool/vmraw{j}.img", "raw") for j in range(raw)]
         self.holders: list[int] = []
-        self.fetched = {"qcow2": set(), "raw": {}}  # chunks a perfect cold cache fetched so far
+        # What a perfect cold cache fetched so far in this run: template chunks,
+        # each raw clone's chunks, the qcow2 clone files (their own datastore bytes).
+        self.fetched = {"qcow2": set(), "raw": {}, "clones": set()}
         self.agent: Optional[gcrig.Agent] = None
         self.phases: list[dict] = []
         self.summary: dict = {}
@@ -600,19 +602,24 @@ class Run:
         """What a perfect cold cache (1 MiB chunks, single-flight, no eviction)
         would fetch in this phase: the template's chunks that the qcow2
         desktops touch for the first time in this run, and each raw clone's own."""
-        tmpl, raw = set(), 0
+        tmpl, raw, clones = set(), 0, 0
         for d in self.disks:
             st = self.streams[d.index][pi]
             if d.fmt == "qcow2":
                 new = (st.read_chunks | st.write_chunks) - self.fetched["qcow2"]
                 tmpl |= new
+                if d.rel not in self.fetched["clones"]:
+                    # the clone file itself (header, L1 and refcount tables): a few
+                    # hundred KiB on the datastore, one per desktop
+                    self.fetched["clones"].add(d.rel)
+                    clones += min(CHUNK, os.path.getsize(self.rig.ws.ds(d.rel)))
             else:
                 seen = self.fetched["raw"].setdefault(d.rel, set())
                 new = st.read_chunks - seen
                 seen |= new
                 raw += len(new)
         self.fetched["qcow2"] |= tmpl
-        return {"template": len(tmpl) * CHUNK, "raw": raw * CHUNK}
+        return {"template": len(tmpl) * CHUNK, "raw": raw * CHUNK, "clones": clones}
 
     def phase_result(self, phase, recs, wall, m0, m1, c0, c1) -> dict:
         reads = {c: sorted(x for r in recs for x in r.read_lat[c]) for c in "tom"}
@@ -670,6 +677,9 @@ class Run:
         }
         known = sum(v or 0 for v in (res["agent_cpu"], res["ganesha_cpu"], res["proxy_cpu"]))
         res["other_cpu"] = busy - known - res["client_cpu"] - res["harness_cpu"]
+        # The phase's CPU work (agent, desktops, filer, proxy) spread over every
+        # CPU: no phase on this host can take less wall time than that.
+        res["cpu_floor"] = (known + res["client_cpu"]) / NCPU
         for r in recs:
             d = self.desktops.setdefault(r.index, {"disk": r.disk, "verified_bytes": 0,
                                                    "read_bytes": 0, "verify_failures": 0,
@@ -807,8 +817,8 @@ PHASE_COLUMNS = [
     "N", "mode", "phase", "wall s", "desktop s p50 / p99", "reads",
     "read ms p50 / p99 / p99.9", "read p99 ms tmpl / own", "writes", "write ms p50 / p99",
     "agent read ms p50 / p99 by source", "filer read MiB / ops", "ganesha rchar MiB",
-    "cold ideal MiB tmpl + raw", "filer write B", "overlay MiB ram / disk", "spilled MiB", "agent CPU s", "qemu-io CPU s",
-    "host busy %", "verify fail / io err",
+    "cold ideal MiB tmpl + raw + clones", "filer write B", "overlay MiB ram / disk", "spilled MiB",
+    "agent CPU s", "qemu-io CPU s", "CPU floor s", "host busy %", "verify fail / io err",
 ]
 
 RUN_COLUMNS = [
@@ -832,10 +842,11 @@ def phase_row(n, mode, p) -> list[str]:
         f"{ms(p['write']['p50'])} / {ms(p['write']['p99'])}", agent or "-",
         f"{mib(p['filer_read_bytes'])} / {num(p['filer_read_ops'])}", mib(p["ganesha_rchar"]),
         ("-" if not p.get("ideal_filer") else
-         f"{mib(p['ideal_filer']['template'])} + {mib(p['ideal_filer']['raw'])}"),
+         f"{mib(p['ideal_filer']['template'])} + {mib(p['ideal_filer']['raw'])} + "
+         f"{mib(p['ideal_filer']['clones'])}"),
         ("-" if fw is None else f"{fw:.0f}" if fw == 0 else f"**{fw:.0f} (NOT ZERO)**"),
         f"{mib(p['overlay_ram'])} / {mib(p['overlay_disk'])}", mib(p["spilled"]),
-        secs(p["agent_cpu"]), secs(p["client_cpu"]),
+        secs(p["agent_cpu"]), secs(p["client_cpu"]), secs(p["cpu_floor"]),
         f"{100 * p['host_busy_share']:.0f}",
         f"{p['verify_failures']} / {p['io_errors'] + p['missing']}",
     ]
@@ -891,17 +902,18 @@ def targets(results, ns) -> list[list[str]]:
     c_hi, c_lo = find(results, hi, "cold", "boot"), find(results, lo, "cold", "boot")
     if c_hi and c_lo and lo == 1 and c_lo["filer_read_bytes"]:
         a, b = c_hi["filer_read_bytes"], c_lo["filer_read_bytes"]
-        raw = (c_hi.get("ideal_filer") or {}).get("raw", 0)
-        if raw:
-            # The raw clone is a file of its own on the filer: its boot set is
-            # fetched besides the template's, by design. Compare the template's.
-            add(f"filer read bytes, cold N={hi} boot <= 1.1 x cold N=1 boot",
-                f"{mib(a)} MiB, less the raw clone's own {mib(raw)} MiB = {mib(a - raw)} vs "
-                f"{mib(b)} MiB ({(a - raw) / b:.2f}x; {a / b:.2f}x with the raw clone)",
-                a - raw <= 1.1 * b)
-        else:
-            add(f"filer read bytes, cold N={hi} boot <= 1.1 x cold N=1 boot",
-                f"{mib(a)} vs {mib(b)} MiB ({a / b:.2f}x)", a <= 1.1 * b)
+        # Each desktop's own files are fetched besides the template's chunks, by
+        # design: the qcow2 clone file (its header and tables) and a raw clone's
+        # blocks. The target is about the shared template: compare its share.
+        ia, ib = c_hi.get("ideal_filer") or {}, c_lo.get("ideal_filer") or {}
+        own_a = ia.get("raw", 0) + ia.get("clones", 0)
+        own_b = ib.get("raw", 0) + ib.get("clones", 0)
+        ta, tb = a - own_a, b - own_b
+        add(f"filer read bytes, cold N={hi} boot <= 1.1 x cold N=1 boot (the template's share)",
+            f"{mib(a)} MiB less the desktops' own files {mib(own_a)} MiB (raw clone "
+            f"{mib(ia.get('raw', 0))}, qcow2 clone files {mib(ia.get('clones', 0))}) = {mib(ta)} "
+            f"vs {mib(b)} less {mib(own_b)} = {mib(tb)} MiB: {ta / tb:.2f}x "
+            f"({a / b:.2f}x all bytes)", ta <= 1.1 * tb)
     w_hi, w_lo = find(results, hi, "warm", "boot"), find(results, lo, "warm", "boot")
     if w_hi and w_lo and lo == 1:
         a, b = w_hi["read"]["p99"], w_lo["read"]["p99"]
@@ -912,11 +924,12 @@ def targets(results, ns) -> list[list[str]]:
     if s_hi and s_lo and lo == 1:
         a, b = s_hi["write"]["p99"], s_lo["write"]["p99"]
         if a and b:
-            spill = s_hi["spilled"] or 0
-            add(f"warm steady write p99, N={hi} (others spilling {mib(spill)} MiB in the phase) "
-                f"<= 1.5 x N=1", f"{ms(a)} vs {ms(b)} ms ({a / b:.2f}x)"
-                + ("" if spill else "; **no spill happened: condition not met**"),
-                a <= 1.5 * b)
+            spill, disk = s_hi["spilled"] or 0, s_hi["overlay_disk"] or 0
+            cond = (f"others spilled {mib(spill)} MiB in the phase, disk tier "
+                    f"{mib(disk)} MiB" if spill else
+                    "**nothing spilled in the phase: the condition was not met**")
+            add(f"warm steady write p99, N={hi} <= 1.5 x N=1 ({cond})",
+                f"{ms(a)} vs {ms(b)} ms ({a / b:.2f}x)", a <= 1.5 * b)
     worst = None
     for r in results:
         s = r["summary"]
@@ -1177,7 +1190,7 @@ def parse_args(argv):
     p.add_argument("--quick", "--smoke", action="store_true",
                    help="tiny scale (64 MiB template, N=2, 2 s steady): a smoke test, under a "
                         "minute")
-    p.add_argument("--template-size", type=parse_size, help="template size (default 2GiB; "
+    p.add_argument("--template-size", type=parse_size, help="template size (default 1GiB; "
                    "quick: 64MiB)")
     p.add_argument("--boot-fraction", type=float, help="share of the template a boot reads "
                    "(default 0.15; quick: 0.2)")
@@ -1215,7 +1228,7 @@ def parse_args(argv):
     p.add_argument("--keep-raw", action="store_true", help="keep qemu-io's outputs in OUT/raw")
     cfg = p.parse_args(argv)
     q = cfg.quick
-    cfg.template_size = cfg.template_size or (64 * MiB if q else 2 * GiB)
+    cfg.template_size = cfg.template_size or (64 * MiB if q else GiB)
     cfg.boot_fraction = cfg.boot_fraction if cfg.boot_fraction is not None else (0.2 if q else 0.15)
     cfg.n = [int(x) for x in (cfg.n or ("2" if q else "1,8,32")).split(",")]
     cfg.phases = [x for x in cfg.phases.split(",") if x]
