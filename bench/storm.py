@@ -986,6 +986,8 @@ def report(cfg, results, env) -> str:
         lines += [f"- {n}" for n in notes]
         lines.append("")
     bad = loud_problems(results)
+    if env.get("fatal"):
+        bad.append(f"the run stopped early: {env['fatal']}")
     if bad:
         lines.append("## PROBLEMS")
         lines.append("")
@@ -1298,6 +1300,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         interrupted = True
+    except Exception as e:  # report what completed, and what broke
+        import traceback
+        traceback.print_exc()
+        env["fatal"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        for a in (rig.ws.agents if rig.ws else []):
+            if a.log_path:
+                say(a.log_tail(30))
     finally:
         rig.stop()
     busy1 = host_cpu()
@@ -1305,7 +1314,7 @@ def main(argv=None) -> int:
     env["busy_share"] = (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1])
     env["wall_s"] = time.monotonic() - t0
     if not results:
-        say("no results")
+        say("no results" + (f": {env['fatal']}" if env.get("fatal") else ""))
         return 130 if interrupted else 1
     if "qemu_io_start_s" not in env:
         env["qemu_io_start_s"] = None
@@ -1324,7 +1333,7 @@ def main(argv=None) -> int:
     print(text)
     say(f"{env['wall_s']:.0f} s; report {cfg.out}/report.md, results.json"
         + (", storm.png" if plotted else " (no plot)"))
-    bad = loud_problems(results)
+    bad = loud_problems(results) + ([env["fatal"]] if env.get("fatal") else [])
     if bad:
         for b in bad:
             say(f"PROBLEM: {b}")
