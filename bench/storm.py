@@ -573,6 +573,7 @@ class Run:
             th = threading.Thread(target=waiter, args=(pid, rec), daemon=True)
             th.start()
             threads.append(th)
+        spawn_s = time.monotonic() - t_start  # the last desktop started this much later
         timeout = cfg.phase_timeout
         if not done.wait(timeout):
             say(f"N={self.n} {self.mode} {phase.name}: desktops still running after "
@@ -595,6 +596,7 @@ class Run:
             if not cfg.keep_raw:
                 os.unlink(out)
         res = self.phase_result(phase, recs, wall, m0, m1, c0, c1)
+        res["spawn_s"] = spawn_s
         res["ideal_filer"] = self.ideal_filer(pi) if self.mode == "cold" else None
         return res
 
@@ -605,8 +607,11 @@ class Run:
         tmpl, raw, clones = set(), 0, 0
         for d in self.disks:
             st = self.streams[d.index][pi]
+            # qemu probes O_DIRECT alignment with small reads at offset 0 of
+            # every file it opens: the backing template's first chunk, a raw
+            # clone's first chunk.
             if d.fmt == "qcow2":
-                new = (st.read_chunks | st.write_chunks) - self.fetched["qcow2"]
+                new = (st.read_chunks | st.write_chunks | {0}) - self.fetched["qcow2"]
                 tmpl |= new
                 if d.rel not in self.fetched["clones"]:
                     # the clone file itself (header, L1 and refcount tables): a few
@@ -615,7 +620,7 @@ class Run:
                     clones += min(CHUNK, os.path.getsize(self.rig.ws.ds(d.rel)))
             else:
                 seen = self.fetched["raw"].setdefault(d.rel, set())
-                new = st.read_chunks - seen
+                new = (st.read_chunks | {0}) - seen
                 seen |= new
                 raw += len(new)
         self.fetched["qcow2"] |= tmpl
