@@ -4,6 +4,13 @@
 
 namespace goldcache::backing {
 
+FileVersion VersionOf(const struct stat& st) {
+  return FileVersion{static_cast<uint64_t>(st.st_size),
+                     int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec,
+                     int64_t{st.st_ctim.tv_sec} * 1'000'000'000 + st.st_ctim.tv_nsec,
+                     static_cast<uint64_t>(st.st_ino)};
+}
+
 Status CheckDatastorePath(const std::string& path) {
   if (path.empty()) return Status::Ok();
   bool bad = path.front() == '/' || path.back() == '/';

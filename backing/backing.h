@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -24,6 +25,17 @@
 #include "util/status.h"
 
 namespace goldcache::backing {
+
+// What identifies a datastore file's content from outside: a file whose
+// version changed may have other bytes.
+struct FileVersion {
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  uint64_t ino = 0;
+  bool operator==(const FileVersion&) const = default;
+};
+FileVersion VersionOf(const struct stat& st);
 
 // An open file on the datastore.
 class BackingFile {
@@ -36,6 +48,14 @@ class BackingFile {
   // Reads up to buf.size() bytes at `offset`. Returns the byte count, which is
   // short only at end of file. Retries short reads and EINTR internally.
   virtual Result<size_t> ReadAt(uint64_t offset, std::span<char> buf) = 0;
+  // ReadAt, and the file's version right after the read where that costs
+  // no extra round trip to the filer: NFS READ replies carry it; a local
+  // fstat is cheap. nullopt where it is not known.
+  virtual Result<size_t> ReadAtVersioned(uint64_t offset, std::span<char> buf,
+                                         std::optional<FileVersion>* after) {
+    *after = std::nullopt;
+    return ReadAt(offset, buf);
+  }
   // Writes all of `buf` at `offset`. kReadOnly when opened without write access.
   virtual Result<size_t> WriteAt(uint64_t offset, std::span<const char> buf) = 0;
   // Attributes of the open file (fstat): what the datastore says now.

@@ -153,6 +153,18 @@ class MeteredFile final : public BackingFile {
     return r;
   }
 
+  Result<size_t> ReadAtVersioned(uint64_t offset, std::span<char> buf,
+                                 std::optional<FileVersion>* after) override {
+    auto start = std::chrono::steady_clock::now();
+    Result<size_t> r = m_->Call([&] { return inner_->ReadAtVersioned(offset, buf, after); });
+    m_->read_latency.Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    m_->read_ops.Add();
+    if (r.ok()) m_->read_bytes.Add(*r);
+    m_->CountError(r);
+    return r;
+  }
+
   Result<size_t> WriteAt(uint64_t offset, std::span<const char> buf) override {
     Result<size_t> r = m_->Call([&] { return inner_->WriteAt(offset, buf); });
     m_->write_ops.Add();

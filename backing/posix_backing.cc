@@ -58,6 +58,16 @@ class PosixFile final : public BackingFile {
     return done;
   }
 
+  Result<size_t> ReadAtVersioned(uint64_t offset, std::span<char> buf,
+                                 std::optional<FileVersion>* after) override {
+    auto n = ReadAt(offset, buf);
+    if (!n.ok()) return n;
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) return Error("fstat", errno);
+    *after = VersionOf(st);
+    return n;
+  }
+
   Result<size_t> WriteAt(uint64_t offset, std::span<const char> buf) override {
     if (!writable_) {
       return Status::Error(Code::kReadOnly, "write " + name_ + ": opened read-only", EBADF);

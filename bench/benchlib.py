@@ -123,6 +123,36 @@ def fmt_bw(v):
     return f"{v / 1e9:.2f} GB/s" if v >= 1e9 else f"{v / 1e6:.0f} MB/s"
 
 
+def die_with_parent():
+    """In a child before exec: SIGKILL it when the bench dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+class DelayProxy:
+    """bench/delayproxy.py in front of an NFS server's port: every RPC arrives
+    `delay_us` later, as across a network to a filer. Stopped by stop() (and
+    with the bench, whatever happens)."""
+
+    def __init__(self, target_port, delay_us):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "delayproxy.py"), str(target_port), str(delay_us)],
+            stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+        self.port = int(self.proc.stdout.readline())
+        self.target_port = target_port
+        self.delay_us = delay_us
+
+    def url(self, url):
+        """`url` of the server, through the proxy."""
+        return url.replace(f"nfsport={self.target_port}", f"nfsport={self.port}")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 def workspace():
     gcrig.clear_stale(BENCH_BASE, log=say)
     gcrig.clear_stale(log=say)

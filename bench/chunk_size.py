@@ -36,8 +36,8 @@ import sys
 import time
 from statistics import median
 
-from benchlib import (KiB, MiB, fio, fmt_bw, fmt_iops, require_tools, say, table, workspace,
-                      write_random_file)
+from benchlib import (DelayProxy, KiB, MiB, fio, fmt_bw, fmt_iops, require_tools, say, table,
+                      workspace, write_random_file)
 
 SIZE = int(os.environ.get("GOLDCACHE_BENCH_MIB", "1024")) * MiB
 CHUNKS = os.environ.get("GOLDCACHE_BENCH_CHUNKS", "256KiB,1MiB,4MiB").split(",")
@@ -68,13 +68,6 @@ def parse_size(text):
     units = {"KIB": KiB, "MIB": MiB, "GIB": 1024 * MiB, "": 1}
     num = text.rstrip("KMGiBkmgib")
     return int(num) * units[text[len(num):].upper()]
-
-
-def die_with_parent():
-    """In a child before exec: SIGKILL it when the bench dies (PR_SET_PDEATHSIG)."""
-    import ctypes
-    import signal
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def drop_from_page_cache(path):
@@ -121,14 +114,9 @@ def main():
             source = rig.url()
             say(f"ganesha pid {rig.ganesha.pid} serves {source}")
             if NFS_DELAY_US:
-                proxy = subprocess.Popen(
-                    [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "delayproxy.py"),
-                     str(rig.port), str(NFS_DELAY_US)], stdout=subprocess.PIPE, text=True,
-                    preexec_fn=die_with_parent)
-                proxy_port = int(proxy.stdout.readline())
-                source = source.replace(f"nfsport={rig.port}", f"nfsport={proxy_port}")
-                say(f"delay proxy pid {proxy.pid}: +{NFS_DELAY_US:g} us per RPC, {source}")
+                proxy = DelayProxy(rig.port, NFS_DELAY_US)
+                source = proxy.url(source)
+                say(f"delay proxy pid {proxy.proc.pid}: +{NFS_DELAY_US:g} us per RPC, {source}")
 
         def fresh_agent(chunk, tag):
             agent = ws.agent(datastore=source, chunk_size=chunk,
@@ -227,8 +215,7 @@ def main():
         for p in ws.cleanup():
             say(f"cleanup: {p}")
         if proxy is not None:
-            proxy.kill()
-            proxy.wait()
+            proxy.stop()
         if rig is not None:
             for p in rig.stop():
                 say(f"nfsrig: {p}")

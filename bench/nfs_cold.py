@@ -22,7 +22,9 @@ The export's file sits in the host's page cache throughout (it was just
 written), for nfs-cat and goldcached alike.
 
 Environment: GOLDCACHE_BENCH_DIR (default /var/tmp), GOLDCACHE_BENCH_MIB
-(template size, default 1024).
+(template size, default 1024), GOLDCACHE_BENCH_NFS_DELAY_US (default 0): adds
+that much to every NFS RPC, for nfs-cat and goldcached alike, through
+bench/delayproxy.py (a filer's round trip; 500 is typical).
 """
 
 import os
@@ -30,7 +32,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import MiB, fio, gcrig, require_tools, say, table, workspace, write_random_file
+from benchlib import (DelayProxy, MiB, fio, gcrig, require_tools, say, table, workspace,
+                      write_random_file)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "integration"))
@@ -39,6 +42,7 @@ import nfsrig  # noqa: E402
 SIZE = int(os.environ.get("GOLDCACHE_BENCH_MIB", "1024")) * MiB
 TEMPLATE = "templates/bench.img"
 DEPTHS = (1, 8)
+DELAY_US = float(os.environ.get("GOLDCACHE_BENCH_NFS_DELAY_US", "0"))
 
 
 def mbps(seconds):
@@ -50,13 +54,17 @@ def main():
     if not nfsrig.ganesha_available():
         sys.exit("bench: ganesha.nfsd not installed (run ./scripts/setup.sh)")
     ws = workspace()
-    rig = None
+    rig = proxy = None
     try:
         say(f"writing a {SIZE // MiB} MiB template in {ws.datastore}")
         write_random_file(ws.ds(TEMPLATE), SIZE, seed=11)
         rig = nfsrig.GaneshaRig(ws.datastore, port=0, mnt_port=0).start()
         url = rig.url()
         say(f"ganesha pid {rig.ganesha.pid} serves {url}")
+        if DELAY_US:
+            proxy = DelayProxy(rig.port, DELAY_US)
+            url = proxy.url(url)
+            say(f"delay proxy pid {proxy.proc.pid}: +{DELAY_US:g} us per RPC, {url}")
 
         def rchar():
             return gcrig.proc_io(rig.ganesha.pid)["rchar"]
@@ -70,8 +78,8 @@ def main():
 
         def nfs_cat():
             with open(os.devnull, "wb") as null:
-                subprocess.run(["nfs-cat", rig.url(TEMPLATE)], stdout=null, check=True,
-                               timeout=1800)
+                turl = proxy.url(rig.url(TEMPLATE)) if proxy else rig.url(TEMPLATE)
+                subprocess.run(["nfs-cat", turl], stdout=null, check=True, timeout=1800)
 
         def agent_over(source, tag):
             agent = ws.agent(datastore=source, cache_size=f"{SIZE * 2 // MiB}MiB",
@@ -111,7 +119,8 @@ def main():
                          f"{fetched / MiB:.0f} / {refetched / MiB:.0f} MiB"])
 
         print(f"goldcache NFS cold-read bench: {SIZE // MiB} MiB template, NFSv3 from "
-              f"nfs-ganesha (VFS FSAL) on loopback, {os.cpu_count()} CPUs; "
+              f"nfs-ganesha (VFS FSAL) on loopback"
+              f"{f' +{DELAY_US:g} us per RPC' if DELAY_US else ''}, {os.cpu_count()} CPUs; "
               f"ratios are throughput against nfs-cat (above 1: faster)")
         table(["workload", "nfs: nfs-cat", "cold: goldcached", "warm: goldcached",
                "cold/nfs", "warm/nfs", "cold-dir: no NFS", "ganesha read nfs/cold/warm",
@@ -123,6 +132,8 @@ def main():
     finally:
         for p in ws.cleanup():  # agents first: they hold NFS sessions to the rig
             say(f"cleanup: {p}")
+        if proxy is not None:
+            proxy.stop()
         if rig is not None:
             for p in rig.stop():
                 say(f"nfsrig: {p}")

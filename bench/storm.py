@@ -487,6 +487,7 @@ class Run:
         self.agent = ws.agent(datastore=self.rig.source, mountpoint=mnt, cache_dir=self.cache_dir,
                               cache_size=fmt_size(self.cfg.cache_size),
                               templates=("templates/**",), nonpersistent=("pool/**",),
+                              settle=None,  # agent_args() says it, when the binary knows it
                               extra_args=self.agent_args())
         self.agent.start(timeout=60)
 

@@ -151,8 +151,42 @@ struct ChunkCache::Entry {
   std::list<ChunkKey>::iterator table_it;
 };
 
+// Chunk-sized buffers for flights, kept for reuse: a fresh 1 MiB buffer
+// per miss costs a zero-fill and 256 page faults, more than its checksum.
+class ChunkCache::BufferPool {
+ public:
+  BufferPool(uint32_t size, size_t keep) : size_(size), keep_(keep) {}
+  std::unique_ptr<char[]> Take() {
+    {
+      std::lock_guard lock(mu_);
+      if (!free_.empty()) {
+        auto b = std::move(free_.back());
+        free_.pop_back();
+        return b;
+      }
+    }
+    return std::unique_ptr<char[]>(new char[size_]);  // not zeroed: always filled first
+  }
+  void Give(std::unique_ptr<char[]> b) {
+    std::lock_guard lock(mu_);
+    if (free_.size() < keep_) free_.push_back(std::move(b));
+  }
+
+ private:
+  const uint32_t size_;
+  const size_t keep_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<char[]>> free_;  // GUARDED_BY(mu_)
+};
+
 struct ChunkCache::Flight {
   enum State : int { kFetching, kReady, kFailed };
+  explicit Flight(BufferPool& buffers) : pool(buffers) {}
+  ~Flight() {
+    if (buf) pool.Give(std::move(buf));
+  }
+  std::span<char> data() { return std::span<char>(buf.get(), chunk_len); }
+  BufferPool& pool;
   ChunkKey key;
   uint64_t chunk_start = 0;
   uint32_t chunk_len = 0;
@@ -162,7 +196,7 @@ struct ChunkCache::Flight {
   std::atomic<bool> demanded{false};      // a reader waits for it: never abandoned
   bool cacheable = false;                 // decided before the fetch
   Status status;                          // set before state leaves kFetching
-  std::vector<char> data;                 // valid, and never changed, once kReady
+  std::unique_ptr<char[]> buf;            // the chunk: valid, and never changed, once kReady
   std::shared_ptr<FetchPool::Task> task;  // set before the flight is visible to others
   std::mutex mu;
   std::condition_variable cv;
@@ -341,6 +375,8 @@ Status ChunkCache::Init() {
   marker_file->reset();
   GC_RETURN_IF_ERROR(env_.SyncDir(dir));
 
+  buffers_ = std::make_unique<BufferPool>(
+      chunk_size_, options_.write_behind_bytes / chunk_size_ + options_.fetch_threads + 4);
   pool_ = std::make_unique<FetchPool>(options_.fetch_threads, options_.max_prefetch);
   for (int i = 0; i < 2; ++i) wb_threads_.emplace_back([this] { StoreLoop(); });
 
@@ -634,7 +670,7 @@ void ChunkCache::Lookup(Shard& shard, Piece& p, const EvictionPolicy::Use& use) 
     m_->single_flight_waits.Add();
     return;
   }
-  auto flight = std::make_shared<Flight>();
+  auto flight = std::make_shared<Flight>(*buffers_);
   flight->key = p.key;
   flight->chunk_start = p.chunk_start;
   flight->chunk_len = p.chunk_len;
@@ -733,8 +769,8 @@ Status ChunkCache::ServeHit(Piece& p) {
 
 void ChunkCache::Fetch(const std::shared_ptr<Flight>& flight, ChunkSource& source) {
   flight->cacheable = source.Cacheable() && !store_failed_.load();
-  flight->data.resize(flight->chunk_len);
-  auto got = source.ReadAt(flight->chunk_start, flight->data);
+  flight->buf = buffers_->Take();
+  auto got = source.ReadAt(flight->chunk_start, flight->data());
   if (!got.ok()) {
     flight->status = got.status();
   } else if (*got != flight->chunk_len) {
@@ -769,7 +805,10 @@ void ChunkCache::Finish(const std::shared_ptr<Flight>& flight) {
 
 Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
   Flight& f = *p.flight;
-  if (f.state.load(std::memory_order_acquire) == Flight::kFetching) {
+  // Bytes this read waited on the datastore for: its own fetch, or another
+  // reader's (or readahead's) still under way.
+  const bool waited = p.leader || f.state.load(std::memory_order_acquire) == Flight::kFetching;
+  if (waited) {
     std::shared_ptr<FetchPool::Task> task;
     {
       Shard& shard = ShardOf(f.key);
@@ -788,8 +827,8 @@ Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
     p.flight.reset();
     return st;
   }
-  std::memcpy(p.dst, f.data.data() + p.in_off, p.n);
-  if (p.leader) outcome.from_datastore += p.n;
+  std::memcpy(p.dst, f.buf.get() + p.in_off, p.n);
+  if (waited) outcome.from_datastore += p.n;
   p.flight.reset();
   return Status::Ok();
 }
@@ -800,7 +839,7 @@ std::shared_ptr<ChunkCache::Flight> ChunkCache::StartFetch(const ChunkKey& key, 
   Shard& shard = ShardOf(key);
   std::lock_guard lock(shard.mu);
   if (shard.entries.count(key) || shard.flights.count(key)) return nullptr;
-  auto flight = std::make_shared<Flight>();
+  auto flight = std::make_shared<Flight>(*buffers_);
   flight->key = key;
   flight->chunk_start = key.chunk * chunk_size_;
   flight->chunk_len =
@@ -905,9 +944,9 @@ void ChunkCache::Store(const std::shared_ptr<Flight>& flight) {
     retire();
     return;
   }
-  auto table = std::make_shared<const std::vector<uint32_t>>(ComputeTable(flight->data));
+  auto table = std::make_shared<const std::vector<uint32_t>>(ComputeTable(flight->data()));
   const uint64_t hash = TableHash(*table, key, flight->chunk_len);
-  Status st = store_->Write(*slot, key, hash, flight->data, *table);
+  Status st = store_->Write(*slot, key, hash, flight->data(), *table);
   if (!st.ok()) {
     m_->store_errors.Add();
     m_->uncached.Add();
@@ -1247,7 +1286,7 @@ Result<ChunkCache::WarmReport> ChunkCache::Warm(
         flight = f->second;
         flight->demanded.store(true);
       } else {
-        flight = std::make_shared<Flight>();
+        flight = std::make_shared<Flight>(*buffers_);
         flight->key = key;
         flight->chunk_start = c * chunk_size_;
         flight->chunk_len = static_cast<uint32_t>(len);

@@ -100,7 +100,7 @@ struct CacheOptions {
 // How one read was served, for the caller's per-source accounting.
 struct ReadOutcome {
   size_t bytes = 0;           // copied into the caller's buffer
-  size_t from_datastore = 0;  // of which fetched from the datastore by this read
+  size_t from_datastore = 0;  // of which this read waited on the datastore for
 };
 
 class ChunkCache;
@@ -218,6 +218,7 @@ class ChunkCache {
 
  private:
   struct Entry;
+  class BufferPool;
   struct Flight;
   struct Shard;
   struct Metrics;
@@ -305,6 +306,7 @@ class ChunkCache {
   bool wb_stop_ = false;                          // GUARDED_BY(wb_mu_)
   std::vector<std::thread> wb_threads_;
 
+  std::unique_ptr<BufferPool> buffers_;  // before pool_: flights outlive fetches, not buffers
   std::unique_ptr<FetchPool> pool_;
   const std::chrono::steady_clock::time_point epoch_ = std::chrono::steady_clock::now();
 };

@@ -13,7 +13,7 @@ namespace goldcache::roles {
 struct Desktops::Desktop {
   std::string path;  // GUARDED_BY(Desktops::mu_): renames move it
   bool local_only = false;
-  std::unique_ptr<GenerationSource> base;  // null when local_only
+  std::shared_ptr<GenerationSource> base;  // null when local_only
   std::unique_ptr<overlay::Overlay> overlay;
   struct stat attr {};   // GUARDED_BY(Desktops::mu_); st_size comes from the overlay
   int open_handles = 0;  // GUARDED_BY(Desktops::mu_)
@@ -34,10 +34,11 @@ class Desktops::DesktopFile : public fuse::OpenFile {
     // The base under the overlay: the datastore file through the chunk cache.
     struct Base : overlay::BaseReader {
       GenerationSource* source = nullptr;
+      cache::ReadStream* stream = nullptr;
       uint64_t bytes = 0, from_datastore = 0;
       Result<size_t> ReadBase(uint64_t offset, std::span<char> out) override {
         if (source == nullptr) return size_t{0};
-        auto r = source->Read(offset, out);
+        auto r = source->Read(offset, out, stream);
         if (!r.ok()) return r.status();
         bytes += r->bytes;
         from_datastore += r->from_datastore;
@@ -45,6 +46,7 @@ class Desktops::DesktopFile : public fuse::OpenFile {
       }
     } base;
     base.source = d_->base.get();
+    base.stream = &stream_;
     auto n = d_->overlay->Read(offset, buf, base);
     if (!n.ok()) return n;
     ds_.metrics_.CountRead(base.bytes - base.from_datastore, base.from_datastore,
@@ -123,6 +125,7 @@ class Desktops::DesktopFile : public fuse::OpenFile {
   const std::shared_ptr<Desktop> d_;
   const fuse::PageCache page_cache_;
   std::atomic<bool> idle_{false};  // changes under ds_.mu_; read without it
+  cache::ReadStream stream_;       // this handle's reads of the base
 };
 
 Desktops::Desktops(Templates& templates, backing::Backing& backing, overlay::OverlayStore& overlays,
@@ -186,7 +189,7 @@ void Desktops::MergeListing(const std::string& dir, std::vector<fuse::DirEntry>&
 Result<std::shared_ptr<Desktops::Desktop>> Desktops::NewDesktop(const std::string& path,
                                                                 bool exclusive,
                                                                 std::optional<mode_t> create_mode) {
-  std::unique_ptr<GenerationSource> base;
+  std::shared_ptr<GenerationSource> base;
   struct stat attr {};
   auto st = backing_.Stat(path);
   if (st.ok()) {

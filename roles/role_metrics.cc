@@ -22,6 +22,8 @@ RoleMetrics::RoleMetrics(metrics::Registry& r)
                                    {{"source", "cache"}}, metrics::LatencyBuckets())),
       latency_datastore(r.GetHistogram("goldcache_read_latency_seconds", kLatencyHelp,
                                        {{"source", "datastore"}}, metrics::LatencyBuckets())),
+      latency_overlay(r.GetHistogram("goldcache_read_latency_seconds", kLatencyHelp,
+                                     {{"source", "overlay"}}, metrics::LatencyBuckets())),
       desktop_resets(
           r.GetCounter("goldcache_desktop_resets_total", kResetsHelp, {{"reason", "last_close"}})),
       desktop_manual_resets(
@@ -51,8 +53,10 @@ void RoleMetrics::CountRead(uint64_t from_cache, uint64_t from_datastore, uint64
   read_cache.Add(from_cache);
   read_datastore.Add(from_datastore);
   read_overlay.Add(from_overlay);
-  (from_datastore ? latency_datastore : latency_cache)
-      .Observe(std::chrono::duration<double>(took).count());
+  metrics::Histogram& h = from_datastore                ? latency_datastore
+                          : from_cache || !from_overlay ? latency_cache
+                                                        : latency_overlay;
+  h.Observe(std::chrono::duration<double>(took).count());
 }
 
 uint64_t NanosSince(std::chrono::steady_clock::time_point start) {

@@ -11,7 +11,9 @@ namespace goldcache::roles {
 struct RoleMetrics {
   explicit RoleMetrics(metrics::Registry& r);
 
-  // A read served through the mount, by where its bytes came from.
+  // A read served through the mount, by where its bytes came from; its
+  // latency counts for the datastore if any byte came from there, else for
+  // the cache if any came from there, else for the overlay.
   void CountRead(uint64_t from_cache, uint64_t from_datastore, uint64_t from_overlay,
                  std::chrono::steady_clock::duration took);
 
@@ -20,6 +22,7 @@ struct RoleMetrics {
   metrics::Counter& read_overlay;
   metrics::Histogram& latency_cache;
   metrics::Histogram& latency_datastore;
+  metrics::Histogram& latency_overlay;
   metrics::Counter& desktop_resets;
   metrics::Counter& desktop_manual_resets;
   metrics::Counter& release_waits;

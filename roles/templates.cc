@@ -46,13 +46,15 @@ Result<size_t> GenerationSource::ReadAt(uint64_t offset, std::span<char> buf) {
     }
     file = file_.get();
   }
-  auto n = file->ReadAt(offset, buf);
+  // The version comes with the read (NFS READ replies, a local fstat): if
+  // the file changed before or during it, it says so, and the bytes are not
+  // used. Where it does not come, the generation was checked at open and a
+  // replaced file fails the read (kStale).
+  std::optional<backing::FileVersion> after;
+  auto n = file->ReadAtVersioned(offset, buf, &after);
   if (!n.ok()) return n;
-  // Checked after the read: if the file changed before or during it, the
-  // attributes say so now, and the bytes are not used.
-  auto st = file->Stat();
-  if (!st.ok()) return st.status();
-  if (!(GenerationKeyOf(t_.datastore_, path_, *st) == key_)) {
+  if (after &&
+      !(*after == backing::FileVersion{key_.size, key_.mtime_ns, key_.ctime_ns, key_.ino})) {
     if (!reported_change_.exchange(true)) {
       t_.metrics_.changed_while_open.Add();
       spdlog::error(
@@ -75,10 +77,11 @@ bool GenerationSource::Cacheable() {
   return false;
 }
 
-Result<cache::ReadOutcome> GenerationSource::Read(uint64_t offset, std::span<char> buf) {
+Result<cache::ReadOutcome> GenerationSource::Read(uint64_t offset, std::span<char> buf,
+                                                  cache::ReadStream* stream) {
   Result<cache::ReadOutcome> r = cache::ReadOutcome{};
   if (t_.read_cache_) {
-    r = t_.cache_.Read(gen_, key_.size, offset, buf, *this);
+    r = t_.cache_.Read(gen_, key_.size, offset, buf, *this, stream, shared_from_this());
   } else if (offset < key_.size) {
     // The read cache is off: straight from the datastore, within the generation.
     auto n = ReadAt(offset, buf.first(std::min<uint64_t>(buf.size(), key_.size - offset)));
@@ -98,7 +101,7 @@ Result<cache::ReadOutcome> GenerationSource::Read(uint64_t offset, std::span<cha
 
 class Templates::CachedFile : public fuse::OpenFile {
  public:
-  CachedFile(Templates& t, std::string path, std::unique_ptr<GenerationSource> source,
+  CachedFile(Templates& t, std::string path, std::shared_ptr<GenerationSource> source,
              fuse::PageCache page_cache, std::shared_ptr<IoCounters> io)
       : t_(t),
         path_(std::move(path)),
@@ -108,7 +111,7 @@ class Templates::CachedFile : public fuse::OpenFile {
 
   Result<size_t> Read(uint64_t offset, std::span<char> buf) override {
     const auto start = std::chrono::steady_clock::now();
-    auto r = source_->Read(offset, buf);
+    auto r = source_->Read(offset, buf, &stream_);
     if (!r.ok()) return r.status();
     t_.metrics_.CountRead(r->bytes - r->from_datastore, r->from_datastore, 0,
                           std::chrono::steady_clock::now() - start);
@@ -133,9 +136,10 @@ class Templates::CachedFile : public fuse::OpenFile {
 
   Templates& t_;
   const std::string path_;
-  const std::unique_ptr<GenerationSource> source_;
+  const std::shared_ptr<GenerationSource> source_;
   const fuse::PageCache page_cache_;
   const std::shared_ptr<IoCounters> io_;
+  cache::ReadStream stream_;  // this handle's reads, one reader to the cache
 };
 
 // ---------------------------------------------------------------------------
@@ -213,7 +217,7 @@ std::optional<struct stat> Templates::LastKnownAttr(const std::string& path) con
   return st;
 }
 
-Result<std::unique_ptr<GenerationSource>> Templates::OpenGeneration(const std::string& path) {
+Result<std::shared_ptr<GenerationSource>> Templates::OpenGeneration(const std::string& path) {
   // Structurally read-only: the datastore file is opened O_RDONLY, always.
   auto file = backing_.Open(path, O_RDONLY);
   Result<struct stat> st = Status::Error(Code::kTimedOut, "");
@@ -252,7 +256,7 @@ Result<std::unique_ptr<GenerationSource>> Templates::OpenGeneration(const std::s
     std::lock_guard lock(mu_);
     last_attr_[path] = *st;
   }
-  return std::make_unique<GenerationSource>(*this, path, std::move(key), binding->id, *st,
+  return std::make_shared<GenerationSource>(*this, path, std::move(key), binding->id, *st,
                                             std::move(opened));
 }
 

@@ -60,7 +60,8 @@ class Templates;
 // The datastore file of one generation: the chunk cache's source of misses
 // (bytes of exactly that generation, or kStale), and the reads of a handle
 // through the cache. Shared by the template role and desktops' bases.
-class GenerationSource : public cache::ChunkSource {
+class GenerationSource : public cache::ChunkSource,
+                         public std::enable_shared_from_this<GenerationSource> {
  public:
   // `file` may be null: opened at the first miss (the datastore was down).
   GenerationSource(Templates& templates, std::string path, index::GenerationKey key,
@@ -72,8 +73,11 @@ class GenerationSource : public cache::ChunkSource {
   bool Cacheable() override;
 
   // Reads through the chunk cache (or straight from the datastore when the
-  // read cache is off), logging and counting failures.
-  Result<cache::ReadOutcome> Read(uint64_t offset, std::span<char> buf);
+  // read cache is off), logging and counting failures. `stream` is the
+  // reading handle's (its sequential runs are read ahead). REQUIRES: owned
+  // by a shared_ptr (readahead keeps it alive).
+  Result<cache::ReadOutcome> Read(uint64_t offset, std::span<char> buf,
+                                  cache::ReadStream* stream = nullptr);
 
   // What the datastore said at open: a handle's view is its generation, and
   // answering from it keeps fstat working while the datastore is down.
@@ -113,7 +117,7 @@ class Templates {
 
   // Opens `path` on the datastore read-only and binds its generation; while
   // the datastore times out, a template binds the last generation known.
-  Result<std::unique_ptr<GenerationSource>> OpenGeneration(const std::string& path);
+  Result<std::shared_ptr<GenerationSource>> OpenGeneration(const std::string& path);
   // A read-only handle of template `path`; kReadOnly for write access or
   // O_TRUNC.
   Result<std::unique_ptr<fuse::OpenFile>> Open(const std::string& path, int flags);

@@ -96,8 +96,10 @@ def test_metrics_parse_with_help_type_and_design_names(ws, make_template):
     m = gcrig.parse_metrics(text)
     for source in ("cache", "overlay", "datastore"):
         assert m.value("goldcache_read_bytes_total", source=source) > 0, source
-    assert m.value("goldcache_read_bytes_total", source="datastore") >= t.size
-    assert m.value("goldcache_read_bytes_total", source="cache") >= t.size
+    # A sequential first read waits on the datastore for its first chunks;
+    # readahead serves the rest (those count as cache).
+    assert m.value("goldcache_read_bytes_total", source="datastore") + \
+        m.value("goldcache_read_bytes_total", source="cache") >= 2 * t.size
     assert m.value("goldcache_read_bytes_total", source="overlay") >= DESKTOP_WRITE
     assert m.value("goldcache_datastore_read_bytes_total") >= t.size
     assert m.value("goldcache_datastore_read_ops_total") > 0

@@ -27,7 +27,8 @@ WARM = 8 * MiB             # the desktop booted: this much of the template is ca
 TIMEOUT_S = 2              # --datastore-timeout
 MARGIN_S = 3               # scheduling on a busy 2-core box, FUSE round trips
 RECOVERY_S = 30            # the agent probes once a second; ganesha starts in well under this
-MISS = 16 * MiB            # uncached offsets (chunk-aligned, beyond WARM)
+READAHEAD = 4 * MiB        # how far the agent reads ahead of a sequential reader
+MISS = 16 * MiB            # uncached offsets (chunk-aligned, beyond WARM and its readahead)
 MISS2 = 24 * MiB
 
 
@@ -87,8 +88,9 @@ def test_outage_serves_cached_chunks_fails_misses_with_eio_and_recovers_alone(
         outages0 = m.value("goldcache_datastore_outages_total")
         assert outages0 == 0
         fetched = m.value("goldcache_datastore_read_bytes_total")
-        assert fetched == WARM, f"the agent fetched {fetched} bytes for {WARM} read: " \
-            "MISS may already be cached"
+        # The sequential boot is read ahead by a few chunks, never up to MISS.
+        assert WARM <= fetched <= WARM + READAHEAD, \
+            f"the agent fetched {fetched} bytes for {WARM} read: MISS may already be cached"
 
         ganesha = rig.ganesha.pid
         rchar = gcrig.proc_io(ganesha)["rchar"]
