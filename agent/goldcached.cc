@@ -325,7 +325,12 @@ int Serve(const AgentConfig& config) {
   if (!cache.ok()) return Fail(config.Where("cache.dir") + ": " + cache.status().message());
 
   // One local budget for the read cache and the overlays' disk tier.
-  LocalSpace space(config.cache.size, **cache);
+  roles::ChunkCacheSpace cache_space(**cache);
+  LocalSpace::Options space_options;
+  space_options.total = config.cache.size;
+  space_options.dir = config.cache.dir;
+  space_options.registry = &registry;
+  LocalSpace space(space_options, cache_space);
   overlay::OverlayOptions overlay_options;
   overlay_options.dir = config.cache.dir + "/overlay";
   overlay_options.ram_per_desktop = config.overlay.ram_per_desktop;

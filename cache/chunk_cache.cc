@@ -1264,7 +1264,8 @@ Result<ChunkCache::WarmReport> ChunkCache::Warm(
   auto last_report = start;
   Status result;
   auto retire_oldest = [&]() {
-    auto [flight, led] = std::move(window.front());
+    std::shared_ptr<Flight> flight = std::move(window.front().first);
+    const bool led = window.front().second;
     window.pop_front();
     if (flight->task) pool_->RunOrWait(flight->task);
     std::unique_lock lock(flight->mu);

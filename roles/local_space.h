@@ -1,59 +1,123 @@
-// The host's local disk budget (--cache-size), shared by the read cache and
-// the overlays' disk tier, in the order invariant 5 sets: overlays (live
-// desktop state) outrank the read cache. When the disk tier needs room, the
-// read cache lends it (evicting); when the tier shrinks, the cache grows
-// back. Only when the cache has nothing left to lend does an overlay get a
-// "no" — and its writer ENOSPC.
+// The host's local disk (the cache dir), shared by the read cache and the
+// overlays' disk tier, in the order invariant 5 sets: overlays (live desktop
+// state) outrank the read cache, and the file system's real free space
+// outranks both.
+//
+// The budget (--cache-size) starts with the read cache. Overlays draw from
+// a pool of space that the read cache lends ahead of need, in increments of
+// `step`, on the lender's own thread: a spill takes its bytes from the pool
+// with a compare-and-swap, never waiting on the cache's evictions, its index
+// commits or its hole punching. Only when the pool runs dry does a writer
+// wait for the lender (at most kAcquireWait), and it gets "no" (ENOSPC) only
+// when the read cache has nothing left to lend. Space the overlays give
+// back returns to the pool, and what the pool holds beyond 2 * step goes
+// back to the read cache.
+//
+// Real free space: the budget is what goldcache may use, not what the disk
+// has. Every second (and whenever the pool is short) the lender compares the
+// file system's free space with kReserve; when it is below, the read cache
+// gives back (evicts and punches) enough to restore it, and keeps that much
+// unused until the free space is back. So a disk filled by something else
+// (the index, another program, a budget larger than the disk) never leaves
+// desktops stuck at ENOSPC after their own writes are gone.
 //
 // Thread safety: safe for concurrent use.
 #pragma once
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
 #include <mutex>
+#include <string>
+#include <thread>
 
 #include "cache/chunk_cache.h"
+#include "io/file.h"
+#include "metrics/metrics.h"
 #include "overlay/overlay.h"
 
 namespace goldcache::roles {
 
-class LocalSpace : public overlay::DiskSpace {
+// What LocalSpace needs of the read cache (cache::ChunkCache has it).
+class ReadCacheSpace {
  public:
-  // `total`: the whole local budget; the cache starts with all of it.
-  LocalSpace(uint64_t total, cache::ChunkCache& cache) : total_(total), cache_(cache) {}
+  virtual ~ReadCacheSpace() = default;
+  // See cache::ChunkCache::LendSpace / ReturnSpace / capacity_bytes.
+  virtual uint64_t LendSpace(uint64_t bytes) = 0;
+  virtual uint64_t ReturnSpace(uint64_t bytes) = 0;
+  virtual uint64_t capacity_bytes() const = 0;
+};
 
-  bool Acquire(uint64_t bytes) override {
-    std::lock_guard lock(mu_);
-    if (Fits(bytes)) {
-      overlay_bytes_ += bytes;
-      return true;
-    }
-    cache_.LendSpace(overlay_bytes_ + bytes + cache_.capacity_bytes() - total_);
-    if (!Fits(bytes)) return false;
-    overlay_bytes_ += bytes;
-    return true;
-  }
-
-  void Release(uint64_t bytes) override {
-    std::lock_guard lock(mu_);
-    overlay_bytes_ -= std::min(bytes, overlay_bytes_);
-    uint64_t in_use = overlay_bytes_ + cache_.capacity_bytes();
-    if (in_use < total_) cache_.ReturnSpace(total_ - in_use);
-  }
-
-  uint64_t overlay_bytes() const {
-    std::lock_guard lock(mu_);
-    return overlay_bytes_;
-  }
+// The read cache itself, as LocalSpace sees it.
+class ChunkCacheSpace : public ReadCacheSpace {
+ public:
+  explicit ChunkCacheSpace(cache::ChunkCache& cache) : cache_(cache) {}
+  uint64_t LendSpace(uint64_t bytes) override { return cache_.LendSpace(bytes); }
+  uint64_t ReturnSpace(uint64_t bytes) override { return cache_.ReturnSpace(bytes); }
+  uint64_t capacity_bytes() const override { return cache_.capacity_bytes(); }
 
  private:
-  // REQUIRES: mu_ held.
-  bool Fits(uint64_t bytes) const {
-    return overlay_bytes_ + bytes + cache_.capacity_bytes() <= total_;
-  }
-
-  const uint64_t total_;
   cache::ChunkCache& cache_;
-  mutable std::mutex mu_;
-  uint64_t overlay_bytes_ = 0;  // GUARDED_BY(mu_)
+};
+
+class LocalSpace : public overlay::DiskSpace {
+ public:
+  // Free bytes the file system of the cache dir keeps, whatever the budget.
+  static constexpr uint64_t kReserve = 64ull << 20;
+  static constexpr std::chrono::milliseconds kAcquireWait{5000};
+
+  struct Options {
+    uint64_t total = 0;  // the budget (--cache-size)
+    uint64_t step = 0;   // 0: min(256 MiB, max(total / 16, 4 MiB))
+    std::string dir;     // the cache dir, whose file system's free space counts
+    io::Env* env = nullptr;                 // statvfs; null: io::PosixEnv()
+    metrics::Registry* registry = nullptr;  // may be null
+    std::chrono::milliseconds check_interval{1000};
+  };
+
+  LocalSpace(const Options& options, ReadCacheSpace& cache);
+  ~LocalSpace() override;  // stops the lender
+  LocalSpace(const LocalSpace&) = delete;
+  LocalSpace& operator=(const LocalSpace&) = delete;
+
+  bool Acquire(uint64_t bytes) override;
+  void Release(uint64_t bytes) override;
+
+  uint64_t overlay_bytes() const { return overlay_.load(); }
+  uint64_t pool_bytes() const { return pool_.load(); }
+  // Lent by the read cache to keep the file system's reserve.
+  uint64_t held_for_disk_bytes() const;
+  // Waits until the lender has looked at the file system and the pool once
+  // more (tests).
+  void Settle();
+
+ private:
+  void Lend();
+  void Wake();
+  void ShowPool();
+  uint64_t Step() const { return step_; }
+
+  const Options options_;
+  const uint64_t step_;
+  ReadCacheSpace& cache_;
+  io::Env& env_;
+  metrics::Gauge* held_gauge_ = nullptr;
+  metrics::Gauge* pool_gauge_ = nullptr;
+  metrics::Counter* waits_ = nullptr;
+
+  std::atomic<uint64_t> pool_{0};     // lent by the cache, not used by overlays
+  std::atomic<uint64_t> overlay_{0};  // used by overlays
+
+  std::mutex mu_;
+  std::condition_variable cv_;        // the lender's work, and its answers
+  uint64_t wanted_ = 0;               // GUARDED_BY(mu_): a writer waits for this much
+  uint64_t round_ = 0;                // GUARDED_BY(mu_): lender rounds done
+  bool exhausted_ = false;            // GUARDED_BY(mu_): the cache had nothing to lend
+  bool wake_ = false;                 // GUARDED_BY(mu_)
+  bool stop_ = false;                 // GUARDED_BY(mu_)
+  uint64_t held_for_disk_ = 0;        // lender thread only (and Settle's reader, under mu_)
+  std::thread lender_;
 };
 
 }  // namespace goldcache::roles

@@ -698,6 +698,14 @@ NO_DATASTORE_WRITES = {
 }
 
 
+def local_budget(m: Metrics) -> float:
+    """The read cache's capacity plus the space it has lent ahead to the
+    overlays and they have not used: --cache-size while no overlay holds
+    disk-tier space."""
+    return m.value("goldcache_cache_capacity_bytes") + \
+        m.value("goldcache_overlay_space_pool_bytes")
+
+
 # ---------------------------------------------------------------------------
 # Reading an NFS datastore directly (libnfs-utils), beside the agent
 

@@ -72,7 +72,7 @@ def test_shipped_config_adapted_starts_the_agent_and_serves(ws, make_template):
 
     gcrig.assert_same_content(gcrig.read_all_direct(t.mnt_path, t.size), t.data, "template")
     m = agent.metrics()
-    assert m.value("goldcache_cache_capacity_bytes") == 256 * MiB, "[cache] size not applied"
+    assert gcrig.local_budget(m) == 256 * MiB, "[cache] size not applied"
     assert m.value("goldcache_datastore_read_bytes_total") == t.size
     # The file's rules: templates/** is a template (read-only), pool/** nonpersistent.
     with pytest.raises(OSError) as e:
@@ -99,7 +99,7 @@ def test_command_line_flags_override_the_file(ws, make_template):
     agent.config = write_config(ws, shipped_config(ws, socket_path=agent.control_socket,
                                                    port=file_port))
     agent.start()
-    assert agent.metrics().value("goldcache_cache_capacity_bytes") == 128 * MiB
+    assert gcrig.local_budget(agent.metrics()) == 128 * MiB
     assert not port_open(file_port), "the file's [stats] listen was used despite --stats-listen"
 
 
