@@ -54,26 +54,33 @@
 // DiskSpace refuses an append, garbage comes back first: the segment with the
 // most garbage is evacuated and the append retried, until no garbage is left;
 // only then does the write fail with kNoSpace, before anything changed.
-// Evacuation frees the old segment before it appends the data again (so it
-// works on a full disk); should another desktop take the space in between,
-// the data stays in RAM over budget rather than being lost.
+// Evacuation appends the copy before it frees the old segment, so reads are
+// served from the old place until the new one is in the map. On a full disk
+// (no room for the copy) it parks the live bytes in RAM, frees the segment
+// and appends them from there; should another desktop take the space in
+// between, the data stays in RAM over budget rather than being lost.
 //
-// Locking. Overlay::Impl::mu serializes one desktop's operations, including
-// its disk IO (a disk extent must not be freed and reused while it is read).
-// Base reads, which may wait on the datastore, run after mu is released. The
-// store holds no lock: host totals are atomics, DiskSpace and IoRings are
-// thread-safe, and metrics are atomics looked up once.
+// Locking. Overlay::Impl::mu guards the extent map and the books. Changes
+// (write, truncate, punch, reset) take turns: one at a time holds the turn
+// (`mutating`) for its whole operation, and it releases mu for the duration
+// of every disk-tier write and compaction read it makes, re-taking it to
+// place the result. Since only the turn holder changes the map, nothing it
+// decided goes stale while mu is released, and a segment cannot be freed and
+// reused under a reader. So a spill or a compaction blocks this desktop's
+// reads for no IO at all; a read holds mu across its own disk-tier reads
+// only, and other changes wait for the turn. Base reads, which may wait on
+// the datastore, run after mu is released. The store holds no lock: host
+// totals are atomics, DiskSpace and io::Env are thread-safe, and metrics are
+// atomics looked up once.
 #include "overlay/overlay.h"
 
-#include <fcntl.h>
-#include <linux/falloc.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -82,7 +89,7 @@
 #include <utility>
 #include <vector>
 
-#include "io/rings.h"
+#include "io/file.h"
 
 namespace goldcache::overlay {
 namespace {
@@ -166,6 +173,7 @@ uint64_t FixedDiskSpace::used() const { return used_.load(std::memory_order_rela
 struct OverlayStore::Impl {
   explicit Impl(const OverlayOptions& o)
       : options(o),
+        env(o.env != nullptr ? *o.env : io::PosixEnv()),
         ram_gauge(o.registry->GetGauge("goldcache_overlay_bytes",
                                        "Bytes of desktop writes held by overlays, by tier.",
                                        {{"tier", "ram"}})),
@@ -210,7 +218,7 @@ struct OverlayStore::Impl {
   }
 
   const OverlayOptions options;
-  io::IoRings rings;
+  io::Env& env;
   std::atomic<uint64_t> ram_bytes{0};   // host RAM tier total, reservations included
   std::atomic<uint64_t> disk_bytes{0};  // host disk tier total, live data
   std::atomic<uint64_t> next_serial{1};
@@ -242,11 +250,43 @@ struct Overlay::Impl {
         seen_size(base) {}
 
   ~Impl() {
-    std::lock_guard lock(mu);
+    Turn turn(*this);
     Discard();
   }
 
-  // All members below: REQUIRES mu held.
+  // The right to change the overlay (see "Locking"): holds mu, except where
+  // the holder lets it go for IO (Unlocked).
+  class Turn {
+   public:
+    explicit Turn(Impl& impl) : impl_(impl), lock_(impl.mu) {
+      impl_.turn_cv.wait(lock_, [&] { return !impl_.mutating; });
+      impl_.mutating = true;
+      impl_.turn_lock = &lock_;
+    }
+    ~Turn() {
+      impl_.mutating = false;
+      impl_.turn_lock = nullptr;
+      lock_.unlock();
+      impl_.turn_cv.notify_one();
+    }
+    Turn(const Turn&) = delete;
+    Turn& operator=(const Turn&) = delete;
+
+   private:
+    Impl& impl_;
+    std::unique_lock<std::mutex> lock_;
+  };
+
+  // Runs `io` with mu released. REQUIRES: the caller holds the turn.
+  Status Unlocked(const std::function<Status()>& io) {
+    turn_lock->unlock();
+    Status st = io();
+    turn_lock->lock();
+    return st;
+  }
+
+  // All members below: REQUIRES mu held; those that change anything also
+  // REQUIRE the turn.
 
   Status Write(uint64_t off, std::span<const char> data);
   Status WriteSlow(uint64_t off, std::span<const char> data);
@@ -276,7 +316,9 @@ struct Overlay::Impl {
   Status Evacuate(uint64_t slot);
   void FreeDeadSegments();
   void Maintain();
-  Status RunBatched(std::vector<io::IoRequest>& reqs);
+  // Disk-tier reads, in groups; with mu released when `unlocked` (the turn
+  // holder's reads).
+  Status RunBatched(std::vector<io::Request>& reqs, bool unlocked);
 
   // Publishes this overlay's byte counts to the store totals and gauges;
   // `reserved` bytes of RAM were already added to the host total by
@@ -292,6 +334,9 @@ struct Overlay::Impl {
   const std::string path;
 
   mutable std::mutex mu;
+  std::condition_variable turn_cv;                 // the turn is free
+  bool mutating = false;                           // GUARDED_BY(mu): someone holds the turn
+  std::unique_lock<std::mutex>* turn_lock = nullptr;  // GUARDED_BY(mu): the holder's lock
   uint64_t size;                                // GUARDED_BY(mu)
   uint64_t base_limit;                          // GUARDED_BY(mu): base visible below this offset
   Map extents;                                  // GUARDED_BY(mu)
@@ -304,11 +349,11 @@ struct Overlay::Impl {
   int64_t disk_extent_count = 0;  // GUARDED_BY(mu)
   uint64_t pub_ram = 0, pub_live = 0, pub_log = 0;  // GUARDED_BY(mu): last Settle()
   // What size(), ram_bytes() and disk_bytes() answer without mu, which a
-  // spill or compaction holds across its IO: set by Settle().
+  // read holds across its disk IO: set by Settle().
   std::atomic<uint64_t> seen_size{0}, seen_ram{0}, seen_live{0};
   int64_t pub_ram_extents = 0, pub_disk_extents = 0;  // GUARDED_BY(mu)
 
-  int fd = -1;                           // GUARDED_BY(mu): the log file, once opened
+  std::unique_ptr<io::File> file;        // GUARDED_BY(mu): the log file, once opened
   std::map<uint64_t, Segment> segments;  // GUARDED_BY(mu): by slot
   std::set<uint64_t> free_slots;         // GUARDED_BY(mu)
   uint64_t next_slot = 0;                // GUARDED_BY(mu)
@@ -528,7 +573,7 @@ Result<size_t> Overlay::Impl::ReadLocked(uint64_t off, std::span<char> out,
   if (off >= size || out.empty()) return size_t{0};
   const uint64_t n = std::min<uint64_t>(out.size(), size - off);
   const uint64_t end = off + n;
-  std::vector<io::IoRequest> reqs;
+  std::vector<io::Request> reqs;
   auto gap = [&](uint64_t a, uint64_t b) {
     const uint64_t base_end = std::clamp(base_limit, a, b);
     if (a < base_end) from_base->push_back({a, base_end - a});
@@ -556,12 +601,12 @@ Result<size_t> Overlay::Impl::ReadLocked(uint64_t off, std::span<char> out,
         std::memset(dst, 0, m);
         break;
       case Kind::kDisk:
-        reqs.push_back({fd, e.disk_off + in, dst, m, false});
+        reqs.push_back({e.disk_off + in, dst, m, false});
         break;
     }
     pos += m;
   }
-  GC_RETURN_IF_ERROR(RunBatched(reqs));
+  GC_RETURN_IF_ERROR(RunBatched(reqs, false));
   return static_cast<size_t>(n);
 }
 
@@ -602,10 +647,11 @@ void Overlay::Impl::Discard() {
   head = kNoSlot;
   ram = live = log_bytes = 0;
   ram_extent_count = disk_extent_count = 0;
-  if (fd >= 0) {
-    close(fd);
-    unlink(path.c_str());
-    fd = -1;
+  if (file != nullptr) {
+    file.reset();
+    if (Status st = store.env.Remove(path); !st.ok()) {
+      spdlog::warn("overlay of {}: removing {}: {}", desktop, path, st.ToString());
+    }
   }
   size = base_limit = base_size;
   Settle(0);
@@ -672,16 +718,17 @@ Status Overlay::Impl::ReserveDisk(uint64_t n) {
 // freed), so the accounting stays whole.
 Status Overlay::Impl::AppendReserved(std::span<const char> bytes, std::vector<Piece>* pieces) {
   pieces->clear();
-  if (fd < 0) {
-    fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      const int err = errno;
+  if (file == nullptr) {
+    auto opened = store.env.Open(path, /*create=*/true, /*truncate=*/true);
+    if (!opened.ok()) {
       store.options.disk_space->Release(bytes.size());
       store.io_errors.Add();
-      return Status::FromErrno(err, "creating overlay log " + path);
+      return Status::Error(opened.status().code(),
+                           "creating overlay log: " + opened.status().message());
     }
+    file = std::move(opened).value();
   }
-  std::vector<io::IoRequest> reqs;
+  std::vector<io::Request> reqs;
   for (uint64_t done = 0; done < bytes.size();) {
     if (head == kNoSlot || segments.at(head).written == seg_size) head = AllocSlot();
     Segment& s = segments.at(head);
@@ -690,11 +737,14 @@ Status Overlay::Impl::AppendReserved(std::span<const char> bytes, std::vector<Pi
     s.written += n;
     log_bytes += n;
     pieces->push_back({pos, n});
-    reqs.push_back({fd, pos, const_cast<char*>(bytes.data() + done), n, true});
+    reqs.push_back({pos, const_cast<char*>(bytes.data() + done), n, true});
     done += n;
   }
   store.appends.Add();
-  Status st = store.rings.Run(reqs);
+  // The books above already say where the bytes go; only the turn holder
+  // changes them, and readers cannot see these offsets before PlaceOnDisk.
+  io::File* log = file.get();
+  Status st = Unlocked([&] { return log->Run(reqs); });
   if (!st.ok()) {
     store.io_errors.Add();
     for (const Piece& p : *pieces) dirty.push_back(SlotOf(p.off));
@@ -750,23 +800,22 @@ void Overlay::Impl::FreeSlot(uint64_t slot, uint64_t moved) {
   store.reclaimed.Add(written - moved);
   if (head == slot) head = kNoSlot;
   if (segments.empty()) {
-    if (ftruncate(fd, 0) != 0) {
-      spdlog::warn("overlay of {}: truncating {}: {}", desktop, path, std::strerror(errno));
+    if (Status st = file->Truncate(0); !st.ok()) {
+      spdlog::warn("overlay of {}: truncating {}: {}", desktop, path, st.ToString());
     }
     free_slots.clear();
     next_slot = 0;
     return;
   }
   free_slots.insert(slot);
-  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, slot * seg_size, seg_size) != 0 &&
-      !punch_warned) {
+  if (Status st = file->Punch(slot * seg_size, seg_size); !st.ok() && !punch_warned) {
     // The slot is reused by the next segment, so the file does not grow; it
     // just keeps the freed blocks until then.
     punch_warned = true;
     spdlog::warn(
         "overlay of {}: cannot punch freed segments in {} ({}); their blocks stay "
         "allocated until reused",
-        desktop, path, std::strerror(errno));
+        desktop, path, st.ToString());
   }
 }
 
@@ -774,41 +823,59 @@ Status Overlay::Impl::Evacuate(uint64_t slot) {
   const Segment& s = segments.at(slot);
   const uint64_t moved = s.live;
   std::vector<Range> ranges;
-  std::vector<io::IoRequest> reqs;
+  std::vector<io::Request> reqs;
   std::vector<char> buf(moved);
   uint64_t pos = 0;
   for (uint64_t start : s.extents) {  // ascending file offsets
     const Extent& e = extents.at(start);
     ranges.push_back({start, e.len});
-    reqs.push_back({fd, e.disk_off, buf.data() + pos, e.len, false});
+    reqs.push_back({e.disk_off, buf.data() + pos, e.len, false});
     pos += e.len;
   }
-  GC_RETURN_IF_ERROR(RunBatched(reqs));
+  GC_RETURN_IF_ERROR(RunBatched(reqs, /*unlocked=*/true));
+  if (head == slot) head = kNoSlot;  // the copy goes to another segment
+  DiskSpace& space = *store.options.disk_space;
+  std::vector<Piece> pieces;
+  if (moved > 0 && space.Acquire(moved)) {
+    // Copy first: the old extents keep serving reads until the copy is placed.
+    GC_RETURN_IF_ERROR(AppendReserved(buf, &pieces));
+    for (const Range& r : ranges) Take(extents.find(r.start));
+    PlaceOnDisk(ranges, pieces);
+    FreeSlot(slot, moved);
+    store.compacted.Add(moved);
+    return Status::Ok();
+  }
+  // No room for a copy beside the original (a full disk): park the live
+  // bytes in RAM as the coldest extents, free the segment, and write them
+  // again from there. Readers see the RAM copy meanwhile.
+  auto park = [&] {
+    uint64_t at = 0;
+    for (const Range& r : ranges) {
+      Extent e;
+      e.kind = Kind::kRam;
+      e.len = r.len;
+      e.data.assign(buf.begin() + at, buf.begin() + at + r.len);
+      Put(r.start, std::move(e));  // no merging: Spill() holds RAM extent keys
+      at += r.len;
+    }
+  };
   for (const Range& r : ranges) Take(extents.find(r.start));
+  park();
   FreeSlot(slot, moved);
   store.compacted.Add(moved);
   if (moved == 0) return Status::Ok();
-  std::vector<Piece> pieces;
-  Status st = store.options.disk_space->Acquire(moved)
+  Status st = space.Acquire(moved)
                   ? AppendReserved(buf, &pieces)
                   : Status::Error(Code::kNoSpace, "disk space taken during compaction");
   if (st.ok()) {
+    for (const Range& r : ranges) Take(extents.find(r.start));
     PlaceOnDisk(ranges, pieces);
     return Status::Ok();
   }
-  // Never lose data: keep it in RAM (over budget) as the coldest extents, so
-  // the next spill tries to write it again first.
+  // Never lose data: it stays in RAM (over budget), and the next spill tries
+  // to write it again first.
   spdlog::warn("overlay of {}: compaction could not rewrite {} bytes ({}); keeping them in RAM",
                desktop, moved, st.ToString());
-  pos = 0;
-  for (const Range& r : ranges) {
-    Extent e;
-    e.kind = Kind::kRam;
-    e.len = r.len;
-    e.data.assign(buf.begin() + pos, buf.begin() + pos + r.len);
-    Put(r.start, std::move(e));  // no merging: Spill() holds RAM extent keys
-    pos += r.len;
-  }
   return Status::Ok();
 }
 
@@ -856,10 +923,13 @@ void Overlay::Impl::Maintain() {
   dirty.clear();
 }
 
-Status Overlay::Impl::RunBatched(std::vector<io::IoRequest>& reqs) {
+Status Overlay::Impl::RunBatched(std::vector<io::Request>& reqs, bool unlocked) {
+  if (reqs.empty()) return Status::Ok();
+  io::File* log = file.get();
   for (size_t i = 0; i < reqs.size(); i += kReadBatch) {
     const size_t n = std::min(kReadBatch, reqs.size() - i);
-    Status st = store.rings.Run(std::span(reqs).subspan(i, n));
+    auto batch = std::span(reqs).subspan(i, n);
+    Status st = unlocked ? Unlocked([&] { return log->Run(batch); }) : log->Run(batch);
     if (!st.ok()) {
       store.io_errors.Add();
       return st;
@@ -995,24 +1065,24 @@ Result<size_t> Overlay::Read(uint64_t offset, std::span<char> out, BaseReader& b
 }
 
 Status Overlay::Write(uint64_t offset, std::span<const char> data) {
-  std::lock_guard lock(impl_->mu);
+  Impl::Turn turn(*impl_);
   return impl_->Write(offset, data);
 }
 
 Status Overlay::Truncate(uint64_t size) {
-  std::lock_guard lock(impl_->mu);
+  Impl::Turn turn(*impl_);
   impl_->Truncate(size);
   return Status::Ok();
 }
 
 Status Overlay::PunchHole(uint64_t offset, uint64_t length) {
-  std::lock_guard lock(impl_->mu);
+  Impl::Turn turn(*impl_);
   impl_->Punch(offset, length);
   return Status::Ok();
 }
 
 void Overlay::Reset() {
-  std::lock_guard lock(impl_->mu);
+  Impl::Turn turn(*impl_);
   impl_->Discard();
 }
 

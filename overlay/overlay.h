@@ -36,6 +36,10 @@
 #include "metrics/metrics.h"
 #include "util/status.h"
 
+namespace goldcache::io {
+class Env;
+}
+
 namespace goldcache::overlay {
 
 // The content under the overlay: reads of the base file. Short only at the
@@ -76,6 +80,7 @@ struct OverlayOptions {
   uint64_t segment_size = 64ull << 20;      // disk-tier log segment size
   DiskSpace* disk_space = nullptr;          // required; must outlive the store
   metrics::Registry* registry = nullptr;    // required; must outlive the store
+  io::Env* env = nullptr;                   // the disk tier's files; null: io::PosixEnv()
 };
 
 class Overlay;

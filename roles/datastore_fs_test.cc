@@ -6,11 +6,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <random>
 
 #include "backing/metered_backing.h"
+#include "io/fault_env.h"
 
 namespace goldcache::roles {
 namespace {
@@ -50,15 +53,22 @@ class DatastoreFsTest : public ::testing::Test {
     cache_ = std::move(cache::ChunkCache::Open(o)).value();
     auto rules =
         RuleSet::Create({{"templates/**", Role::kTemplate}, {"pool/**", Role::kNonpersistent}});
+    rules_ = std::move(rules).value();
+    MakeOverlays(nullptr);
+    MakeFs(std::chrono::milliseconds(0));
+  }
+  // A new overlay store whose disk tier uses `env` (null: the real one).
+  void MakeOverlays(io::Env* env) {
+    fs_.reset();
+    overlays_.reset();
     overlay::OverlayOptions oo;
     oo.dir = dir_ + "/overlay";
     oo.ram_per_desktop = 256 * 1024;
     oo.segment_size = 1 << 20;
     oo.disk_space = &space_;
     oo.registry = &registry_;
+    oo.env = env;
     overlays_ = std::move(overlay::OverlayStore::Open(oo)).value();
-    rules_ = std::move(rules).value();
-    MakeFs(std::chrono::milliseconds(0));
   }
   // A new DatastoreFs over the same datastore, cache and overlays.
   void MakeFs(std::chrono::milliseconds settle) {
@@ -86,6 +96,7 @@ class DatastoreFsTest : public ::testing::Test {
   }
 
   std::string dir_, ds_, content_;
+  io::FaultEnv env_;  // outlives the overlays of the tests that use it
   metrics::Registry registry_;
   std::unique_ptr<backing::Backing> backing_;
   std::unique_ptr<cache::ChunkCache> cache_;
@@ -222,6 +233,77 @@ TEST_F(DatastoreFsTest, FullLocalDiskIsENOSPCForThatDesktopOnly) {
   (*a)->Release();  // reset on last close gives the space back
   EXPECT_EQ(space_.used(), 0u);
   (*b)->Release();
+  EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), 0u);
+}
+
+// Invariant 7: desktop A's disk tier held on a latch in mid-spill; desktop
+// B's opens, reads, writes (its own spills too), getattr of both, and a
+// template hit all complete meanwhile, and so do A's reads of other bytes.
+TEST_F(DatastoreFsTest, ADesktopStuckInASpillStallsNoOtherDesktopNorTheTemplates) {
+  WriteFile(ds_ + "/pool/vm2.img", content_);
+  auto latch = std::make_shared<io::Latch>();
+  env_.Add({.op = io::Op::kWrite, .path_contains = "vm1.img", .latch = latch});
+  MakeOverlays(&env_);
+  MakeFs(std::chrono::milliseconds(0));
+  {  // the template, cached
+    auto t = fs_->Open("templates/t.img", O_RDONLY);
+    ASSERT_TRUE(t.ok());
+    ASSERT_EQ(ReadAll(**t, content_.size()), content_);
+    (*t)->Release();
+  }
+  auto a = fs_->Open("pool/vm1.img", O_RDWR);
+  ASSERT_TRUE(a.ok());
+  const std::string head = RandomBytes(200000, 11), more = RandomBytes(100000, 12);
+  ASSERT_TRUE((*a)->Write(0, std::span<const char>(head.data(), head.size())).ok());  // RAM
+  // 200000 + 100000 bytes > the 256 KiB RAM budget: this write spills, and
+  // the spill's append waits on the latch.
+  auto stuck = std::async(std::launch::async, [&] {
+    return (*a)->Write(head.size(), std::span<const char>(more.data(), more.size())).status();
+  });
+  ASSERT_TRUE(latch->WaitBlocked(std::chrono::seconds(30))) << "A's spill never reached the disk";
+
+  auto others = std::async(std::launch::async, [&] {
+    auto b = fs_->Open("pool/vm2.img", O_RDWR);
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    const std::string big = RandomBytes(600000, 13);  // B spills too
+    EXPECT_TRUE((*b)->Write(4096, std::span<const char>(big.data(), big.size())).ok());
+    std::string want = content_;
+    want.replace(4096, big.size(), big);
+    EXPECT_EQ(ReadAll(**b, want.size()), want);
+    EXPECT_EQ(fs_->GetAttr("pool/vm2.img")->st_size, static_cast<off_t>(want.size()));
+    // A's size as of its last completed write (the stuck one extends it).
+    EXPECT_EQ(fs_->GetAttr("pool/vm1.img")->st_size,
+              static_cast<off_t>(std::max(content_.size(), head.size())));
+    // Nothing else runs now (A's writer waits on the latch): the counters
+    // say where the template's bytes came from.
+    const uint64_t hits = Counter("goldcache_read_bytes_total", {{"source", "cache"}});
+    const uint64_t filer = Counter("goldcache_datastore_read_bytes_total");
+    auto t = fs_->Open("templates/t.img", O_RDONLY);
+    ASSERT_TRUE(t.ok());
+    EXPECT_EQ(ReadAll(**t, content_.size()), content_);
+    (*t)->Release();
+    EXPECT_EQ(Counter("goldcache_read_bytes_total", {{"source", "cache"}}) - hits, content_.size());
+    EXPECT_EQ(Counter("goldcache_datastore_read_bytes_total"), filer) << "not a template hit";
+    // A's bytes, those being spilled among them, read as written.
+    std::string a_head(head.size(), '\0');
+    auto n = (*a)->Read(0, std::span<char>(a_head.data(), a_head.size()));
+    EXPECT_TRUE(n.ok() && *n == head.size());
+    EXPECT_EQ(a_head, head);
+    (*b)->Release();
+  });
+  // Not a timing assert: without a bound a deadlock would hang the test, and
+  // 30 s is far beyond what these local operations take.
+  const bool done = others.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  latch->Open();
+  EXPECT_TRUE(done) << "another desktop or the template waited for A's stuck spill";
+  others.wait();
+  ASSERT_TRUE(stuck.get().ok());
+  std::string want = content_;
+  want.resize(head.size() + more.size());
+  want.replace(0, head.size(), head);
+  want.replace(head.size(), more.size(), more);
+  EXPECT_EQ(ReadAll(**a, want.size() + 10), want);
+  (*a)->Release();
   EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), 0u);
 }
 
