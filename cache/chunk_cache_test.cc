@@ -2,13 +2,17 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
 #include <random>
 #include <thread>
+
+#include "io/fault_env.h"
 
 namespace goldcache::cache {
 namespace {
@@ -76,8 +80,9 @@ class ChunkCacheTest : public ::testing::Test {
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
   std::unique_ptr<ChunkCache> OpenCache(metrics::Registry& reg, uint64_t capacity = 64 * kChunk,
-                                        std::string dir = "") {
+                                        std::string dir = "", io::Env* env = nullptr) {
     CacheOptions o;
+    o.env = env;
     o.dir = dir.empty() ? dir_ + "/cache" : dir;
     o.capacity_bytes = capacity;
     o.chunk_size = kChunk;
@@ -128,6 +133,94 @@ TEST_F(ChunkCacheTest, ServesEveryByteAndFetchesEachChunkOnce) {
   EXPECT_EQ(src.reads.load(), 11u);  // second pass entirely from the cache
   EXPECT_EQ(cache->used_bytes(), src.data().size());
   EXPECT_GT(Counter(reg, "goldcache_cache_hits_total"), 0u);
+}
+
+// Write-behind: the reader gets its bytes while the local store write is
+// still held; the index names the chunk only once it is stored.
+TEST_F(ChunkCacheTest, WriteBehindAnswersTheReaderBeforeTheStoreAndIndexesOnlyStoredChunks) {
+  metrics::Registry reg;
+  io::FaultEnv env;
+  auto cache = OpenCache(reg, 64 * kChunk, "", &env);
+  CountingSource src(RandomBytes(4 * kChunk, 21));
+  GenerationId gen = Bind(*cache, src.data().size());
+  auto latch = std::make_shared<io::Latch>();
+  env.Add({.op = io::Op::kWrite, .path_contains = "store.dat", .latch = latch});
+
+  std::vector<char> buf(kChunk);
+  auto r = cache->Read(gen, src.data().size(), 0, buf, src);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->bytes, kChunk);
+  EXPECT_EQ(0, std::memcmp(buf.data(), src.data().data(), kChunk));
+  ASSERT_TRUE(latch->WaitBlocked(std::chrono::seconds(30))) << "the chunk was never stored";
+  EXPECT_FALSE(cache->RecordOf(ChunkKey{gen, 0}).has_value())
+      << "the index names a chunk whose store write has not happened";
+
+  latch->Open();
+  cache->WaitIdle();
+  EXPECT_TRUE(cache->RecordOf(ChunkKey{gen, 0}).has_value());
+  const uint64_t reads = src.reads.load();
+  r = cache->Read(gen, src.data().size(), 0, buf, src);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(0, std::memcmp(buf.data(), src.data().data(), kChunk));
+  EXPECT_EQ(src.reads.load(), reads) << "a stored chunk went back to the datastore";
+}
+
+// kill -9 while a fetched chunk waits for its store write: after the
+// restart no index record names it, and it is fetched again, right.
+TEST_F(ChunkCacheTest, KillBeforeTheStoreWriteLeavesNoRecordNamingTheChunk) {
+  CountingSource src(RandomBytes(4 * kChunk, 22));
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The agent: serves chunk 1, its store write held forever.
+    close(ready[0]);
+    metrics::Registry reg;
+    io::FaultEnv env;
+    auto cache = OpenCache(reg, 64 * kChunk, "", &env);
+    if (cache == nullptr) _exit(2);
+    GenerationId gen = Bind(*cache, src.data().size());
+    auto latch = std::make_shared<io::Latch>();
+    env.Add({.op = io::Op::kWrite, .path_contains = "store.dat", .latch = latch});
+    std::vector<char> buf(kChunk);
+    auto r = cache->Read(gen, src.data().size(), kChunk, buf, src);
+    const bool served = r.ok() && r->bytes == kChunk &&
+                        std::memcmp(buf.data(), src.data().data() + kChunk, kChunk) == 0;
+    const bool held = latch->WaitBlocked(std::chrono::seconds(30));
+    char msg[1 + sizeof(gen)];
+    msg[0] = served && held ? 'y' : 'n';
+    std::memcpy(msg + 1, &gen, sizeof(gen));
+    if (write(ready[1], msg, sizeof(msg)) != static_cast<ssize_t>(sizeof(msg))) _exit(3);
+    for (;;) pause();
+  }
+  close(ready[1]);
+  char msg[1 + sizeof(GenerationId)] = {};
+  const ssize_t got = read(ready[0], msg, sizeof(msg));
+  close(ready[0]);
+  const char verdict = msg[0];
+  GenerationId child_gen = 0;
+  std::memcpy(&child_gen, msg + 1, sizeof(child_gen));
+  kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_EQ(got, static_cast<ssize_t>(sizeof(msg))) << "the child agent exited early, status "
+                                                    << status;
+  ASSERT_EQ(verdict, 'y') << "the child was not served, or its store write was not held";
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  ASSERT_NE(cache, nullptr);
+  GenerationId gen = Bind(*cache, src.data().size());
+  ASSERT_EQ(gen, child_gen) << "the restart did not keep the generation the child served";
+  EXPECT_FALSE(cache->RecordOf(ChunkKey{gen, 1}).has_value());
+  std::vector<char> buf(kChunk);
+  const uint64_t reads = src.reads.load();  // the child's reads were its own copy's
+  auto r = cache->Read(gen, src.data().size(), kChunk, buf, src);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(0, std::memcmp(buf.data(), src.data().data() + kChunk, kChunk));
+  EXPECT_EQ(src.reads.load(), reads + 1) << "chunk 1 must come from the datastore again";
 }
 
 TEST_F(ChunkCacheTest, ReadsPastEndOfFileAreShort) {
