@@ -1,0 +1,87 @@
+"""The noon antivirus sweep through a real mount: a boot set read twice in
+64 KiB requests (as a guest boots) survives one pass over a template twice
+the cache's size in 64 KiB requests, and a clean restart keeps what the
+cache learned, so the next sweep still cannot push the boot set out.
+
+Measured by the agent's own datastore byte counter; reads are O_DIRECT so
+the kernel page cache plays no part."""
+
+import random
+
+import gcrig
+from gcrig import KiB, MiB
+
+TEMPLATE = "templates/gold.img"
+CACHE = 64 * MiB
+TEMPLATE_SIZE = 2 * CACHE
+CHUNK = MiB            # the agent's default chunk size
+BOOT_CHUNKS = 24       # 24 MiB of the template, scattered, as a boot reads it
+REQUEST = 64 * KiB
+
+
+def boot_set(seed: int) -> list[int]:
+    """Chunk numbers a boot reads: scattered, never two neighbours (so no
+    sequential run, no readahead)."""
+    rnd = random.Random(seed)
+    picked = sorted(rnd.sample(range(0, TEMPLATE_SIZE // CHUNK, 2), BOOT_CHUNKS))
+    rnd.shuffle(picked)
+    return picked
+
+
+def boot(path: str, data: bytes, chunks: list[int]) -> None:
+    """Reads each boot chunk in 64 KiB requests through one handle, checking bytes."""
+    with gcrig.DirectReader(path, REQUEST) as r:
+        for c in chunks:
+            for off in range(c * CHUNK, (c + 1) * CHUNK, REQUEST):
+                assert r.pread(off, REQUEST) == data[off:off + REQUEST], f"boot read at {off}"
+
+
+def sweep(path: str, data: bytes) -> None:
+    """One pass over the whole file in 64 KiB requests, as an antivirus scan."""
+    with gcrig.DirectReader(path, REQUEST) as r:
+        for off in range(0, len(data), REQUEST):
+            assert r.pread(off, REQUEST) == data[off:off + REQUEST], f"sweep read at {off}"
+
+
+def datastore_bytes(agent) -> float:
+    return agent.metrics().value("goldcache_datastore_read_bytes_total")
+
+
+def test_a_sweep_twice_the_cache_leaves_the_boot_set_cached_also_after_a_restart(
+        ws, make_template):
+    t = make_template(TEMPLATE, TEMPLATE_SIZE, seed=91)
+    chunks = boot_set(seed=92)
+    boot_bytes = BOOT_CHUNKS * CHUNK
+    agent = ws.agent(cache_size=f"{CACHE // MiB}MiB").start()
+
+    boot(t.mnt_path, t.data, chunks)  # cold: fetched once
+    assert datastore_bytes(agent) >= boot_bytes
+    boot(t.mnt_path, t.data, chunks)  # the second boot: every chunk is in use twice
+    before = datastore_bytes(agent)
+    sweep(t.mnt_path, t.data)
+    # The sweep really went to the datastore for (nearly) everything it read,
+    # and evicted: otherwise it proves nothing.
+    assert datastore_bytes(agent) - before >= TEMPLATE_SIZE - boot_bytes - CACHE // 2
+    assert agent.metrics().value("goldcache_cache_evictions_total") > 0
+
+    before = datastore_bytes(agent)
+    boot(t.mnt_path, t.data, chunks)
+    refetched = datastore_bytes(agent) - before
+    assert refetched <= 0.05 * boot_bytes, \
+        f"the sweep evicted the boot set: the next boot read {refetched / MiB:.1f} MiB " \
+        f"of {boot_bytes // MiB} MiB from the datastore"
+
+    # A clean restart keeps the eviction order: a sweep right after it (no
+    # boot in between to re-teach the cache) still leaves the boot set alone.
+    assert agent.stop() == 0
+    agent.start()
+    before = datastore_bytes(agent)
+    sweep(t.mnt_path, t.data)
+    assert datastore_bytes(agent) - before >= TEMPLATE_SIZE - boot_bytes - CACHE // 2
+    before = datastore_bytes(agent)
+    boot(t.mnt_path, t.data, chunks)
+    refetched = datastore_bytes(agent) - before
+    assert refetched <= 0.05 * boot_bytes, \
+        f"after a restart the sweep evicted the boot set: the next boot read " \
+        f"{refetched / MiB:.1f} MiB of {boot_bytes // MiB} MiB from the datastore"
+    assert gcrig.datastore_writes(agent.metrics()) == gcrig.NO_DATASTORE_WRITES
