@@ -4,8 +4,8 @@
 //
 //   io::FaultEnv env;
 //   auto latch = std::make_shared<io::Latch>();
-//   env.Add({.op = io::Op::kWrite, .path_contains = "chunks.dat", .latch = latch});
-//   ... a write of chunks.dat now waits; latch->WaitBlocked(...) says it
+//   env.Add({.op = io::Op::kWrite, .path_contains = "store.dat", .latch = latch});
+//   ... a write of store.dat now waits; latch->WaitBlocked(...) says it
 //   arrived; latch->Open() lets it (and every later one) go on.
 //
 // Power cut: PowerCut() makes every later call fail with EIO and undoes, on
