@@ -35,6 +35,24 @@ void ReplyNoPath(fuse_req_t req) {
   fuse_reply_err(req, ENOENT);
 }
 
+// The thread group (process) of the thread that sent `req`; 0 if unknown
+// (the thread is gone, or the request came from another pid namespace).
+pid_t ProcessOf(fuse_req_t req) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  if (ctx == nullptr || ctx->pid <= 0) return 0;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/status", static_cast<int>(ctx->pid));
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return 0;
+  pid_t tgid = 0;
+  char line[256];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "Tgid: %d", &tgid) == 1) break;
+  }
+  std::fclose(f);
+  return tgid;
+}
+
 FileHandle* HandleOf(const fuse_file_info* fi) {
   return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));
 }
@@ -318,7 +336,7 @@ void Adapter::InvalidateFile(const std::string& path) {
 bool Adapter::ReplyOpen(fuse_req_t req, NodeId node, std::unique_ptr<OpenFile> file,
                         fuse_file_info* fi, const fuse_entry_param* entry) {
   const PageCache page_cache = file->PageCachePolicy();
-  auto handle = std::make_shared<FileHandle>(node, std::move(file));
+  auto handle = std::make_shared<FileHandle>(node, std::move(file), ProcessOf(req));
   if (!inodes_.AddHandle(handle)) {
     // Only a kernel/adapter disagreement about node ids gets here.
     handle->file->Release();
@@ -417,8 +435,11 @@ void Adapter::Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size
 void Adapter::Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Writes are not cached in the kernel, so there is nothing of ours to
   // push; the file says what close(2) should report (a datastore's lost
-  // write, say) and learns that a descriptor closed.
-  ReplyStatus(req, HandleOf(fi)->file->Flush());
+  // write, say) and learns that a descriptor closed, and whether by the
+  // process that opened it.
+  const FileHandle& handle = *HandleOf(fi);
+  const pid_t closer = ProcessOf(req);
+  ReplyStatus(req, handle.file->Flush(handle.opener == 0 || closer == 0 || closer == handle.opener));
 }
 
 void Adapter::Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {

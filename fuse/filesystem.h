@@ -58,8 +58,11 @@ class OpenFile {
   // close(2) of a file descriptor of this handle (every close, also of a
   // dup'ed descriptor; the handle lives on until Release). Its error is
   // close(2)'s result: a datastore that reports a lost write at close
-  // (ENOSPC, EDQUOT, EIO on NFS) must say so here.
-  virtual Status Flush() { return Status::Ok(); }
+  // (ENOSPC, EDQUOT, EIO on NFS) must say so here. `by_opener`: the closing
+  // process is the one that opened the handle (false for a descriptor that
+  // a forked child inherited and closed, at exec or exit: the handle is
+  // still open in its opener).
+  virtual Status Flush(bool by_opener) { return Status::Ok(); }
   // Called once when the last reference from the kernel goes away. The
   // kernel sends it after close(2) returned, so an open of the same file may
   // arrive before it.

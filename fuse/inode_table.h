@@ -52,13 +52,14 @@ inline constexpr NodeId kRootNodeId = 1;  // == FUSE_ROOT_ID
 // an unlinked file (which borrows any open handle of its node, see
 // InodeTable::AnyHandle) never calls Stat() during or after Release().
 struct FileHandle {
-  FileHandle(NodeId node_id, std::unique_ptr<OpenFile> open_file)
-      : node(node_id), file(std::move(open_file)) {}
+  FileHandle(NodeId node_id, std::unique_ptr<OpenFile> open_file, pid_t opener_process = 0)
+      : node(node_id), file(std::move(open_file)), opener(opener_process) {}
   FileHandle(const FileHandle&) = delete;
   FileHandle& operator=(const FileHandle&) = delete;
 
   const NodeId node;
   const std::unique_ptr<OpenFile> file;
+  const pid_t opener;  // thread group that opened it (0: unknown)
   std::mutex release_mu;
   bool released = false;  // GUARDED_BY(release_mu)
 };

@@ -60,7 +60,7 @@ class MemFile : public OpenFile {
   Result<struct stat> Stat() override;
   Status Truncate(uint64_t size) override;
   PageCache PageCachePolicy() const override;
-  Status Flush() override;
+  Status Flush(bool by_opener) override;
   void Release() override;
 
  private:
@@ -352,7 +352,7 @@ MemFile::~MemFile() = default;
 
 PageCache MemFile::PageCachePolicy() const { return page_cache; }
 
-Status MemFile::Flush() {
+Status MemFile::Flush(bool by_opener) {
   fs_->flushes_++;
   return flush_error == 0 ? Status::Ok() : Status::FromErrno(flush_error, "flush");
 }

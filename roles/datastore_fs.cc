@@ -27,7 +27,7 @@ class DatastoreFs::PassthroughFile : public fuse::OpenFile {
   Status Truncate(uint64_t size) override { return file_->Truncate(size); }
   fuse::PageCache PageCachePolicy() const override { return fuse::PageCache::kDrop; }
   // Persistent data: close(2) reports what the datastore reports.
-  Status Flush() override { return file_->Flush(); }
+  Status Flush(bool by_opener) override { return file_->Flush(); }
   void Release() override {}
 
  private:

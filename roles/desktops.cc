@@ -97,7 +97,10 @@ class Desktops::DesktopFile : public fuse::OpenFile {
   // A new session drops what the kernel cached of an earlier one; handles
   // joining a session share its pages (writes are not cached in the kernel).
   fuse::PageCache PageCachePolicy() const override { return page_cache_; }
-  Status Flush() override {
+  Status Flush(bool by_opener) override {
+    // A forked child closing its inherited copy (close-on-exec, exit) says
+    // nothing about the opener's descriptor.
+    if (!by_opener) return Status::Ok();
     std::lock_guard lock(ds_.mu_);
     if (!idle_.exchange(true)) ++d_->idle_handles;
     ds_.cv_.notify_all();

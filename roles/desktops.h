@@ -12,7 +12,8 @@
 //    kernel sends a handle's RELEASE after close(2) returned, so a VM
 //    restarted at once can open the file again while the old session still
 //    counts as open: when every handle of the session has had its
-//    descriptor closed (FLUSH) with no change since, the open waits (at
+//    descriptor closed (FLUSH) by the process that opened it, with no
+//    change since, the open waits (at
 //    most kReleaseWait) for their release and starts a new session; a
 //    handle that is still in use elsewhere (dup, fork, mmap) shows it by a
 //    write, or by outliving the wait, and the open joins it. (Reads do not

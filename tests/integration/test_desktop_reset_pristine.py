@@ -102,3 +102,30 @@ def test_open_while_another_handle_is_live_joins_its_session(ws):
     finally:
         os.close(a)
     assert_pristine(path, data, "after the last of two handles closed")
+
+
+def test_children_of_the_process_holding_a_desktop_open_do_not_close_its_session(ws):
+    # A VM manager (or the storm harness) holds the disk open and starts
+    # processes: each fork+exec closes the inherited close-on-exec copy of
+    # its descriptor, and the kernel sends a FLUSH from the child. That is
+    # not the holder closing: the next open joins the live session at once,
+    # with no wait for a release that is not coming.
+    rel, data = provision(ws)
+    agent = ws.agent().start()
+    path = ws.mnt(rel)
+    holder = os.open(path, os.O_RDWR)  # O_CLOEXEC, as Python opens
+    try:
+        os.pwrite(holder, b"h" * 4096, 0)
+        for i in range(3):
+            # A child that inherits the descriptor and drops it at exec.
+            assert os.spawnv(os.P_WAIT, "/bin/true", ["true"]) == 0
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert os.pread(fd, 4096, 0) == b"h" * 4096, "the open did not join the session"
+            finally:
+                os.close(fd)
+        assert agent.metrics().value("goldcache_desktop_release_waits_total") == 0, \
+            "an open waited for the release of a session still open in its holder"
+    finally:
+        os.close(holder)
+    assert_pristine(path, data, "after the holder closed")
