@@ -31,6 +31,12 @@ Result<std::unique_ptr<ChunkIndex>> ChunkIndex::Open(Options options) {
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
   db_options.max_log_file_size = 8 << 20;
+  // RocksDB preallocates its WAL (1.1 x write_buffer_size, 64 MiB by
+  // default) and its MANIFEST (4 MiB) outside goldcache's budget: on a small
+  // cache disk that alone filled it. A few MiB of memtable holds tens of
+  // thousands of records, far more than flush_interval collects.
+  db_options.write_buffer_size = 4 << 20;
+  db_options.manifest_preallocation_size = 256 << 10;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(db_options, options.dir, &raw);
   if (!s.ok()) return FromRocks(s, "opening the cache index at " + options.dir);
@@ -73,26 +79,41 @@ ChunkIndex::~ChunkIndex() {
 }
 
 Result<GenerationBinding> ChunkIndex::BindGeneration(const GenerationKey& key) {
-  std::lock_guard lock(mu_);
   GenerationBinding binding;
-  auto cur = current_by_path_.find(key.path);
-  if (cur != current_by_path_.end()) {
+  // The usual case, the current generation again: no write, no wait.
+  auto current = [&]() -> bool {
+    auto cur = current_by_path_.find(key.path);
+    if (cur == current_by_path_.end()) return false;
     auto gen = generations_.find(cur->second);
     if (gen != generations_.end() && gen->second == key) {
       binding.id = cur->second;
-      return binding;
+      return true;
     }
     binding.changed = true;
+    return false;
+  };
+  {
+    std::lock_guard lock(mu_);
+    if (current()) return binding;
   }
-  // An older generation of this path may match again (a file restored to an
-  // earlier state keeps its ctime moving, so in practice this is rare).
-  binding.id = next_generation_++;
+  // A new generation: one bind at a time decides and writes it, and mu_ (which
+  // misses recording chunks need) is not held across the synced write.
+  std::lock_guard bind(bind_mu_);
+  {
+    std::lock_guard lock(mu_);
+    binding.changed = false;
+    if (current()) return binding;  // bound meanwhile
+    // An older generation of this path may match again (a file restored to
+    // an earlier state keeps its ctime moving, so in practice this is rare).
+    binding.id = next_generation_++;
+  }
   rocksdb::WriteBatch batch;
   batch.Put(EncodeGenerationIdKey(binding.id), EncodeGenerationKey(key));
   batch.Put(EncodePathKey(key.path), EncodeU64(binding.id));
   rocksdb::WriteOptions wo;
   wo.sync = true;
   GC_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &batch), "recording a template generation"));
+  std::lock_guard lock(mu_);
   generations_[binding.id] = key;
   current_by_path_[key.path] = binding.id;
   return binding;

@@ -103,6 +103,7 @@ class ChunkIndex {
   // Serializes commits (the committer thread and Flush callers).
   std::mutex commit_mu_;
 
+  std::mutex bind_mu_;     // one new generation written at a time
   mutable std::mutex mu_;  // guards everything below
   std::condition_variable cv_;
   std::vector<Change> queue_;                                      // GUARDED_BY(mu_)
