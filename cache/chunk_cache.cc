@@ -307,7 +307,34 @@ Status ChunkCache::Init() {
     }
     return st;
   };
+  // The store's slots mean nothing without the index that names them.
+  auto remove_store = [&] {
+    for (const char* f : {"chunks.dat", "sums.dat", ChunkStore::kFileName}) {
+      std::filesystem::remove(dir + "/" + f, ec);
+    }
+  };
   auto index = index::ChunkIndex::Open(io);
+  if (!index.ok() && index.status().code() == Code::kCorruption) {
+    // It is a cache: a damaged index must not keep the agent (and every
+    // desktop's disk) down. Set it aside for a post-mortem and start empty.
+    const std::string aside = dir + "/index.damaged";
+    std::filesystem::remove_all(aside, ec);
+    std::filesystem::rename(io.dir, aside, ec);
+    if (ec) {
+      return Status::Error(Code::kIoError, index.status().message() + "; setting it aside as " +
+                                               aside + " failed: " + ec.message());
+    }
+    remove_store();
+    options_.registry
+        ->GetCounter("goldcache_errors_total", "Errors by kind.", {{"kind", "index_damaged"}})
+        .Add();
+    spdlog::error(
+        "cache {}: the index is damaged ({}); it was set aside as {} and the cache starts "
+        "empty: templates are fetched from the datastore again, and pinned templates need "
+        "`goldcache warm --pin` again. If this repeats, check the local disk.",
+        dir, index.status().message(), aside);
+    index = index::ChunkIndex::Open(io);
+  }
   if (!index.ok()) return index.status();
   index_ = std::move(index).value();
 
@@ -325,9 +352,7 @@ Status ChunkCache::Init() {
                  other_chunk ? std::to_string(chunk_size_) : std::string(kFormatVersion));
     index_.reset();
     std::filesystem::remove_all(io.dir, ec);
-    for (const char* f : {"chunks.dat", "sums.dat", ChunkStore::kFileName}) {
-      std::filesystem::remove(dir + "/" + f, ec);
-    }
+    remove_store();
     index = index::ChunkIndex::Open(io);
     if (!index.ok()) return index.status();
     index_ = std::move(index).value();

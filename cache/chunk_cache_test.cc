@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -221,6 +222,41 @@ TEST_F(ChunkCacheTest, KillBeforeTheStoreWriteLeavesNoRecordNamingTheChunk) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(0, std::memcmp(buf.data(), src.data().data() + kChunk, kChunk));
   EXPECT_EQ(src.reads.load(), reads + 1) << "chunk 1 must come from the datastore again";
+}
+
+// Issue 9.6: a damaged index is set aside and the cache starts empty, rather
+// than keeping the agent (and every desktop) down until someone deletes it.
+TEST_F(ChunkCacheTest, ADamagedIndexIsSetAsideAndTheCacheStartsEmpty) {
+  CountingSource src(RandomBytes(4 * kChunk, 23));
+  {
+    metrics::Registry reg;
+    auto cache = OpenCache(reg);
+    GenerationId gen = Bind(*cache, src.data().size());
+    ReadAllAndCheck(*cache, gen, src);
+  }
+  ASSERT_EQ(src.reads.load(), 4u);
+  {
+    std::ofstream current(dir_ + "/cache/index/CURRENT", std::ios::trunc);
+    current << "MANIFEST-garbage";  // no newline: RocksDB calls it corruption
+  }
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  ASSERT_NE(cache, nullptr);
+  EXPECT_EQ(reg.GetCounter("goldcache_errors_total", "", {{"kind", "index_damaged"}}).Value(), 1u);
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/cache/index.damaged/CURRENT"));
+  EXPECT_EQ(cache->used_bytes(), 0u);
+  GenerationId gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  EXPECT_EQ(src.reads.load(), 8u) << "chunks named by no index were served";
+  cache.reset();
+  // And the new index is a good one: a restart serves from it.
+  metrics::Registry reg2;
+  cache = OpenCache(reg2);
+  ASSERT_NE(cache, nullptr);
+  gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  EXPECT_EQ(src.reads.load(), 8u);
+  EXPECT_EQ(reg2.GetCounter("goldcache_errors_total", "", {{"kind", "index_damaged"}}).Value(), 0u);
 }
 
 TEST_F(ChunkCacheTest, ReadsPastEndOfFileAreShort) {
