@@ -1,12 +1,16 @@
 #include "fuse/adapter.h"
 
 #include <fcntl.h>
+#include <sys/fsuid.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <span>
 #include <vector>
 
@@ -70,6 +74,65 @@ DirHandle* DirHandleOf(const fuse_file_info* fi) {
 
 bool IsDotOrDotDot(const std::string& name) { return name == "." || name == ".."; }
 
+// Creations run as the caller, as on a network file system: the new file,
+// directory or symlink belongs to the process that made it (the worker
+// thread's fsuid/fsgid, which are per thread), not to the root agent. Only
+// where the datastore is reached through the kernel (a directory or an NFS
+// mount); libnfs speaks with the agent's credentials.
+class AsCaller {
+ public:
+  explicit AsCaller(fuse_req_t req) {
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    if (ctx == nullptr || geteuid() != 0 || (ctx->uid == 0 && ctx->gid == 0)) return;
+    old_gid_ = setfsgid(ctx->gid);
+    old_uid_ = setfsuid(ctx->uid);
+    active_ = true;
+  }
+  ~AsCaller() {
+    if (!active_) return;
+    setfsuid(old_uid_);
+    setfsgid(old_gid_);
+  }
+  AsCaller(const AsCaller&) = delete;
+  AsCaller& operator=(const AsCaller&) = delete;
+
+ private:
+  bool active_ = false;
+  int old_uid_ = 0;
+  int old_gid_ = 0;
+};
+
+// A creation through the mount never makes a set-user-ID file, nor a
+// set-group-ID file; a directory keeps set-group-ID (its files inherit the
+// group, which gives no privilege).
+mode_t CreationMode(mode_t mode, bool directory) {
+  mode &= ~static_cast<mode_t>(S_ISUID);
+  if (!directory) mode &= ~static_cast<mode_t>(S_ISGID);
+  return mode;
+}
+
+// A handler that throws (bad_alloc under memory pressure, a library's
+// exception) fails its request instead of terminating the agent, which would
+// take every desktop's disk with it. Handlers reply last, so a throw means
+// no reply was sent yet. Not for forget/forget_multi (they have no reply).
+template <auto Fn>
+struct Guarded;
+template <typename... Args, void (*Fn)(fuse_req_t, Args...)>
+struct Guarded<Fn> {
+  static void Call(fuse_req_t req, Args... args) {
+    try {
+      Fn(req, args...);
+    } catch (const std::bad_alloc&) {
+      spdlog::error("fuse: out of memory serving a request; failed it with ENOMEM");
+      fuse_reply_err(req, ENOMEM);
+    } catch (const std::exception& e) {
+      spdlog::error("fuse: a request failed with an unexpected error ({}); failed it with EIO",
+                    e.what());
+      fuse_reply_err(req, EIO);
+    }
+  }
+};
+
 }  // namespace
 
 static_assert(sizeof(fuse_ino_t) >= sizeof(NodeId), "node ids are passed as fuse_ino_t");
@@ -85,31 +148,31 @@ const fuse_lowlevel_ops& Adapter::Ops() {
     fuse_lowlevel_ops o;
     std::memset(&o, 0, sizeof(o));
     o.init = &Adapter::Init;
-    o.lookup = &Adapter::Lookup;
+    o.lookup = &Guarded<&Adapter::Lookup>::Call;
     o.forget = &Adapter::Forget;
     o.forget_multi = &Adapter::ForgetMulti;
-    o.getattr = &Adapter::GetAttr;
-    o.setattr = &Adapter::SetAttr;
-    o.readlink = &Adapter::ReadLink;
-    o.mkdir = &Adapter::Mkdir;
-    o.unlink = &Adapter::Unlink;
-    o.rmdir = &Adapter::Rmdir;
-    o.symlink = &Adapter::Symlink;
-    o.rename = &Adapter::Rename;
-    o.link = &Adapter::Link;
-    o.open = &Adapter::Open;
-    o.read = &Adapter::Read;
-    o.write = &Adapter::Write;
-    o.flush = &Adapter::Flush;
-    o.release = &Adapter::Release;
-    o.fsync = &Adapter::Fsync;
-    o.opendir = &Adapter::OpenDir;
-    o.readdir = &Adapter::ReadDir;
-    o.readdirplus = &Adapter::ReadDirPlus;
-    o.releasedir = &Adapter::ReleaseDir;
-    o.statfs = &Adapter::StatFs;
-    o.create = &Adapter::Create;
-    o.fallocate = &Adapter::Fallocate;
+    o.getattr = &Guarded<&Adapter::GetAttr>::Call;
+    o.setattr = &Guarded<&Adapter::SetAttr>::Call;
+    o.readlink = &Guarded<&Adapter::ReadLink>::Call;
+    o.mkdir = &Guarded<&Adapter::Mkdir>::Call;
+    o.unlink = &Guarded<&Adapter::Unlink>::Call;
+    o.rmdir = &Guarded<&Adapter::Rmdir>::Call;
+    o.symlink = &Guarded<&Adapter::Symlink>::Call;
+    o.rename = &Guarded<&Adapter::Rename>::Call;
+    o.link = &Guarded<&Adapter::Link>::Call;
+    o.open = &Guarded<&Adapter::Open>::Call;
+    o.read = &Guarded<&Adapter::Read>::Call;
+    o.write = &Guarded<&Adapter::Write>::Call;
+    o.flush = &Guarded<&Adapter::Flush>::Call;
+    o.release = &Guarded<&Adapter::Release>::Call;
+    o.fsync = &Guarded<&Adapter::Fsync>::Call;
+    o.opendir = &Guarded<&Adapter::OpenDir>::Call;
+    o.readdir = &Guarded<&Adapter::ReadDir>::Call;
+    o.readdirplus = &Guarded<&Adapter::ReadDirPlus>::Call;
+    o.releasedir = &Guarded<&Adapter::ReleaseDir>::Call;
+    o.statfs = &Guarded<&Adapter::StatFs>::Call;
+    o.create = &Guarded<&Adapter::Create>::Call;
+    o.fallocate = &Guarded<&Adapter::Fallocate>::Call;
     return o;
   }();
   return ops;
@@ -263,7 +326,10 @@ void Adapter::Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t 
   Adapter& self = Self(req);
   std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
   if (!path) return ReplyNoPath(req);
-  Result<struct stat> st = self.fs_.Mkdir(*path, mode);
+  Result<struct stat> st = [&] {
+    AsCaller as_caller(req);
+    return self.fs_.Mkdir(*path, CreationMode(mode, /*directory=*/true));
+  }();
   if (!st.ok()) return ReplyStatus(req, st.status());
   self.ReplyEntry(req, parent, name, *st);
 }
@@ -290,7 +356,10 @@ void Adapter::Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, con
   Adapter& self = Self(req);
   std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
   if (!path) return ReplyNoPath(req);
-  Result<struct stat> st = self.fs_.Symlink(target, *path);
+  Result<struct stat> st = [&] {
+    AsCaller as_caller(req);
+    return self.fs_.Symlink(target, *path);
+  }();
   if (!st.ok()) return ReplyStatus(req, st.status());
   self.ReplyEntry(req, parent, name, *st);
 }
@@ -392,7 +461,10 @@ void Adapter::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
   Adapter& self = Self(req);
   std::optional<std::string> path = self.inodes_.ChildPath(parent, name);
   if (!path) return ReplyNoPath(req);
-  Result<std::unique_ptr<OpenFile>> file = self.fs_.Create(*path, fi->flags, mode);
+  Result<std::unique_ptr<OpenFile>> file = [&] {
+    AsCaller as_caller(req);
+    return self.fs_.Create(*path, fi->flags, CreationMode(mode, /*directory=*/false));
+  }();
   if (!file.ok()) return ReplyStatus(req, file.status());
   Result<struct stat> st = (*file)->Stat();
   if (!st.ok()) {

@@ -72,6 +72,7 @@ class MemFile : public OpenFile {
  public:
   PageCache page_cache = PageCache::kDrop;
   int flush_error = 0;
+  bool throw_on_read = false;
 };
 
 class MemFs : public FileSystem {
@@ -118,6 +119,11 @@ class MemFs : public FileSystem {
   void AttachKernelCache(KernelCache* kernel) override {
     std::lock_guard lock(mu_);
     kernel_ = kernel;
+  }
+  // Reads of this path throw std::bad_alloc (memory pressure).
+  void SetThrowingRead(const std::string& path) {
+    std::lock_guard lock(mu_);
+    throwing_.insert(path);
   }
   // Reads of this path fail as a datastore outage does.
   void SetTimingOut(const std::string& path) {
@@ -184,6 +190,7 @@ class MemFs : public FileSystem {
     auto f = std::make_unique<MemFile>(this, n, timing_out_.count(path) ? -1 : flags);
     if (auto it = page_cache_.find(path); it != page_cache_.end()) f->page_cache = it->second;
     if (auto it = flush_errors_.find(path); it != flush_errors_.end()) f->flush_error = it->second;
+    f->throw_on_read = throwing_.count(path) > 0;
     return std::unique_ptr<OpenFile>(std::move(f));
   }
   Result<std::unique_ptr<OpenFile>> Create(const std::string& path, int flags,
@@ -335,6 +342,7 @@ class MemFs : public FileSystem {
   std::map<std::string, std::shared_ptr<MemNode>> nodes_;
   std::set<std::string> read_only_;
   std::set<std::string> timing_out_;
+  std::set<std::string> throwing_;
   std::map<std::string, PageCache> page_cache_;
   std::map<std::string, int> flush_errors_;
   std::atomic<int> flushes_{0};
@@ -362,6 +370,7 @@ Result<size_t> MemFile::Read(uint64_t offset, std::span<char> buf) {
   while (buf.size() > seen && !fs_->max_read_.compare_exchange_weak(seen, buf.size())) {
   }
   if (flags_ == -1) return Status::Error(Code::kTimedOut, "datastore did not answer");
+  if (throw_on_read) throw std::bad_alloc();
   std::lock_guard lock(fs_->mu_);
   if (offset >= node_->data.size()) return size_t{0};
   size_t n = std::min(buf.size(), node_->data.size() - offset);
@@ -763,6 +772,25 @@ TEST_F(MountTest, ErrorsReachTheCallerAsErrno) {
   fs_.AddFile("full/x", "");
   EXPECT_EQ(rmdir(P("full").c_str()), -1);
   EXPECT_EQ(errno, ENOTEMPTY);  // exact errno from the FileSystem
+}
+
+TEST_F(MountTest, AHandlerOutOfMemoryFailsItsRequestAndTheMountServesOn) {
+  fs_.AddFile("big.img", std::string(8192, 'b'));
+  fs_.AddFile("ok.img", std::string(4096, 'o'));
+  fs_.SetThrowingRead("big.img");
+  int fd = open(P("big.img").c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(fd, 0);
+  alignas(4096) static char buf[4096];
+  errno = 0;
+  EXPECT_EQ(pread(fd, buf, sizeof(buf), 0), -1);
+  EXPECT_EQ(errno, ENOMEM);
+  close(fd);
+  // The agent lives on: other files read.
+  fd = open(P("ok.img").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(pread(fd, buf, sizeof(buf), 0), 4096);
+  EXPECT_EQ(buf[0], 'o');
+  close(fd);
 }
 
 TEST_F(MountTest, CloseReportsTheFlushErrorOfTheFile) {

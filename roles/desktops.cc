@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <spdlog/spdlog.h>
+#include <sys/fsuid.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -208,8 +209,10 @@ Result<std::shared_ptr<Desktops::Desktop>> Desktops::NewDesktop(const std::strin
     const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now);
     attr.st_mode = S_IFREG | (*create_mode & 07777);
     attr.st_nlink = 1;
-    attr.st_uid = getuid();
-    attr.st_gid = getgid();
+    // The creator: the FUSE adapter creates as the caller (this thread's
+    // fsuid/fsgid); setfs*id(-1) changes nothing and returns the current one.
+    attr.st_uid = static_cast<uid_t>(setfsuid(static_cast<uid_t>(-1)));
+    attr.st_gid = static_cast<gid_t>(setfsgid(static_cast<gid_t>(-1)));
     attr.st_blksize = 4096;
     attr.st_atim = attr.st_mtim =
         attr.st_ctim = {secs.count(), static_cast<long>((now - secs).count() % 1'000'000'000)};
