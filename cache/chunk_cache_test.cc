@@ -205,8 +205,8 @@ TEST_F(ChunkCacheTest, KillBeforeTheStoreWriteLeavesNoRecordNamingTheChunk) {
   kill(child, SIGKILL);
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_EQ(got, static_cast<ssize_t>(sizeof(msg))) << "the child agent exited early, status "
-                                                    << status;
+  ASSERT_EQ(got, static_cast<ssize_t>(sizeof(msg)))
+      << "the child agent exited early, status " << status;
   ASSERT_EQ(verdict, 'y') << "the child was not served, or its store write was not held";
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 

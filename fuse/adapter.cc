@@ -1,10 +1,10 @@
 #include "fuse/adapter.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <climits>
@@ -511,7 +511,8 @@ void Adapter::Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // process that opened it.
   const FileHandle& handle = *HandleOf(fi);
   const pid_t closer = ProcessOf(req);
-  ReplyStatus(req, handle.file->Flush(handle.opener == 0 || closer == 0 || closer == handle.opener));
+  ReplyStatus(req,
+              handle.file->Flush(handle.opener == 0 || closer == 0 || closer == handle.opener));
 }
 
 void Adapter::Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {

@@ -106,13 +106,13 @@ class ChunkIndex {
   std::mutex bind_mu_;     // one new generation written at a time
   mutable std::mutex mu_;  // guards everything below
   std::condition_variable cv_;
-  std::vector<Change> queue_;                                      // GUARDED_BY(mu_)
-  size_t committing_ = 0;  // GUARDED_BY(mu_): changes taken by the commit under way
-  uint64_t next_seq_ = 1;                                          // GUARDED_BY(mu_)
-  uint64_t durable_seq_ = 0;                                       // GUARDED_BY(mu_)
-  bool stop_ = false;                                              // GUARDED_BY(mu_)
-  bool commit_requested_ = false;                                  // GUARDED_BY(mu_)
-  GenerationId next_generation_ = 1;                               // GUARDED_BY(mu_)
+  std::vector<Change> queue_;         // GUARDED_BY(mu_)
+  size_t committing_ = 0;             // GUARDED_BY(mu_): changes taken by the commit under way
+  uint64_t next_seq_ = 1;             // GUARDED_BY(mu_)
+  uint64_t durable_seq_ = 0;          // GUARDED_BY(mu_)
+  bool stop_ = false;                 // GUARDED_BY(mu_)
+  bool commit_requested_ = false;     // GUARDED_BY(mu_)
+  GenerationId next_generation_ = 1;  // GUARDED_BY(mu_)
   std::unordered_map<GenerationId, GenerationKey> generations_;    // GUARDED_BY(mu_)
   std::unordered_map<std::string, GenerationId> current_by_path_;  // GUARDED_BY(mu_)
 

@@ -334,10 +334,10 @@ struct Overlay::Impl {
   const std::string path;
 
   mutable std::mutex mu;
-  std::condition_variable turn_cv;                 // the turn is free
-  bool mutating = false;                           // GUARDED_BY(mu): someone holds the turn
+  std::condition_variable turn_cv;                    // the turn is free
+  bool mutating = false;                              // GUARDED_BY(mu): someone holds the turn
   std::unique_lock<std::mutex>* turn_lock = nullptr;  // GUARDED_BY(mu): the holder's lock
-  uint64_t size;                                // GUARDED_BY(mu)
+  uint64_t size;                                      // GUARDED_BY(mu)
   uint64_t base_limit;                          // GUARDED_BY(mu): base visible below this offset
   Map extents;                                  // GUARDED_BY(mu)
   std::set<std::pair<uint64_t, uint64_t>> lru;  // GUARDED_BY(mu): (stamp, start) of RAM extents

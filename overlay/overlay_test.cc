@@ -497,13 +497,13 @@ TEST_F(OverlayTest, ASpillHeldOnALatchBlocksNoReadOfThatDesktopAndNoOtherDesktop
   ASSERT_TRUE(latch->WaitBlocked(std::chrono::seconds(30))) << "the spill never reached the disk";
 
   auto others = std::async(std::launch::async, [&] {
-    EXPECT_EQ(ReadRange(a, base, 0, in_ram.size()), in_ram);               // being spilled
-    EXPECT_EQ(ReadRange(a, base, 1 * MiB, on_disk.size()), on_disk);       // disk tier
+    EXPECT_EQ(ReadRange(a, base, 0, in_ram.size()), in_ram);          // being spilled
+    EXPECT_EQ(ReadRange(a, base, 1 * MiB, on_disk.size()), on_disk);  // disk tier
     EXPECT_EQ(ReadRange(a, base, 3 * MiB, 64 * KiB), base.data().substr(3 * MiB, 64 * KiB));
     EXPECT_EQ(a.size(), 4 * MiB);
     EXPECT_EQ(a.ram_bytes(), in_ram.size());
     const std::string small = Pattern(64 * KiB, 'x'), large = Pattern(512 * KiB, 'y');
-    EXPECT_TRUE(write(b, 0, small).ok());  // RAM
+    EXPECT_TRUE(write(b, 0, small).ok());        // RAM
     EXPECT_TRUE(write(b, 1 * MiB, large).ok());  // b's own disk tier
     EXPECT_EQ(ReadRange(b, base, 0, small.size()), small);
     EXPECT_EQ(ReadRange(b, base, 1 * MiB, large.size()), large);

@@ -10,7 +10,8 @@ LocalSpace::LocalSpace(const Options& options, ReadCacheSpace& cache)
     : options_(options),
       step_(options.step != 0
                 ? options.step
-                : std::min<uint64_t>(256ull << 20, std::max<uint64_t>(options.total / 16, 4ull << 20))),
+                : std::min<uint64_t>(256ull << 20,
+                                     std::max<uint64_t>(options.total / 16, 4ull << 20))),
       cache_(cache),
       env_(options.env != nullptr ? *options.env : io::PosixEnv()) {
   if (options.registry != nullptr) {
@@ -66,9 +67,8 @@ bool LocalSpace::Acquire(uint64_t bytes) {
     wanted_ = std::max(wanted_, bytes);
     wake_ = true;
     cv_.notify_all();
-    cv_.wait_for(lock, kAcquireWait, [&] {
-      return stop_ || pool_.load() >= bytes || (round_ > start && exhausted_);
-    });
+    cv_.wait_for(lock, kAcquireWait,
+                 [&] { return stop_ || pool_.load() >= bytes || (round_ > start && exhausted_); });
   }
 }
 

@@ -68,9 +68,9 @@ class LocalSpace : public overlay::DiskSpace {
   static constexpr std::chrono::milliseconds kAcquireWait{5000};
 
   struct Options {
-    uint64_t total = 0;  // the budget (--cache-size)
-    uint64_t step = 0;   // 0: min(256 MiB, max(total / 16, 4 MiB))
-    std::string dir;     // the cache dir, whose file system's free space counts
+    uint64_t total = 0;                     // the budget (--cache-size)
+    uint64_t step = 0;                      // 0: min(256 MiB, max(total / 16, 4 MiB))
+    std::string dir;                        // the cache dir, whose file system's free space counts
     io::Env* env = nullptr;                 // statvfs; null: io::PosixEnv()
     metrics::Registry* registry = nullptr;  // may be null
     std::chrono::milliseconds check_interval{1000};
@@ -110,13 +110,13 @@ class LocalSpace : public overlay::DiskSpace {
   std::atomic<uint64_t> overlay_{0};  // used by overlays
 
   std::mutex mu_;
-  std::condition_variable cv_;        // the lender's work, and its answers
-  uint64_t wanted_ = 0;               // GUARDED_BY(mu_): a writer waits for this much
-  uint64_t round_ = 0;                // GUARDED_BY(mu_): lender rounds done
-  bool exhausted_ = false;            // GUARDED_BY(mu_): the cache had nothing to lend
-  bool wake_ = false;                 // GUARDED_BY(mu_)
-  bool stop_ = false;                 // GUARDED_BY(mu_)
-  uint64_t held_for_disk_ = 0;        // lender thread only (and Settle's reader, under mu_)
+  std::condition_variable cv_;  // the lender's work, and its answers
+  uint64_t wanted_ = 0;         // GUARDED_BY(mu_): a writer waits for this much
+  uint64_t round_ = 0;          // GUARDED_BY(mu_): lender rounds done
+  bool exhausted_ = false;      // GUARDED_BY(mu_): the cache had nothing to lend
+  bool wake_ = false;           // GUARDED_BY(mu_)
+  bool stop_ = false;           // GUARDED_BY(mu_)
+  uint64_t held_for_disk_ = 0;  // lender thread only (and Settle's reader, under mu_)
   std::thread lender_;
 };
 
