@@ -321,6 +321,17 @@ int Serve(const AgentConfig& config) {
   cache_options.capacity_bytes = config.cache.size;
   cache_options.chunk_size = static_cast<uint32_t>(config.cache.chunk_size);
   cache_options.registry = &registry;
+  // After a crash the cache re-proves every chunk before it serves (reads
+  // the whole store): tell systemd it takes longer than TimeoutStartSec, or
+  // a large cache would be killed mid-proof and loop under Restart=.
+  if (struct stat marker, store; stat((config.cache.dir + "/RUNNING").c_str(), &marker) == 0 &&
+                                 stat((config.cache.dir + "/store.dat").c_str(), &store) == 0) {
+    const uint64_t bytes = static_cast<uint64_t>(store.st_blocks) * 512;
+    const uint64_t seconds = 60 + bytes / (100ull << 20);  // at 100 MiB/s, a slow disk
+    sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=re-proving %llu MiB of cached chunks",
+               static_cast<unsigned long long>(seconds * 1000000),
+               static_cast<unsigned long long>(bytes >> 20));
+  }
   auto cache = cache::ChunkCache::Open(cache_options);
   if (!cache.ok()) return Fail(config.Where("cache.dir") + ": " + cache.status().message());
 

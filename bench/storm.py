@@ -671,6 +671,12 @@ class Run:
                              m1.value("goldcache_overlay_spilled_bytes_total")),
             "enospc": delta(m0.value("goldcache_overlay_enospc_total"),
                             m1.value("goldcache_overlay_enospc_total")),
+            # What the miss path did (results.json only): a full write-behind
+            # queue serves a chunk uncached, so another desktop refetches it.
+            "miss_path": {name: delta(m0.value(f"goldcache_cache_{name}_total"),
+                                      m1.value(f"goldcache_cache_{name}_total"))
+                          for name in ("write_behind_full", "readahead_chunks", "readahead_late",
+                                       "uncached_fills", "single_flight_waits")},
             "agent_cpu": delta(c0["agent_cpu"], c1["agent_cpu"]),
             "ganesha_cpu": delta(c0["ganesha_cpu"], c1["ganesha_cpu"]),
             "proxy_cpu": delta(c0["proxy_cpu"], c1["proxy_cpu"]),

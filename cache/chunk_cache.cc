@@ -1118,6 +1118,19 @@ std::optional<uint64_t> ChunkCache::AllocateSlot() {
   return std::nullopt;
 }
 
+uint64_t ChunkCache::GiveBackDisk(uint64_t bytes) {
+  const uint64_t want = (bytes + chunk_size_ - 1) / chunk_size_;
+  size_t evicted = EvictSome(want, false);
+  if (evicted < want) evicted += EvictSome(want - evicted, true);
+  if (Status st = index_->Flush(); !st.ok()) {
+    spdlog::error("cache: index commit failed while giving disk back: {}", st.ToString());
+    return 0;
+  }
+  // The evicted slots rejoin the free list last, and LendSpace takes (and
+  // punches) from its end: the space lent is the space just evicted.
+  return LendSpace(std::min(bytes, evicted * chunk_size_));
+}
+
 uint64_t ChunkCache::LendSpace(uint64_t bytes) {
   const uint64_t stride = chunk_size_;  // the budget counts chunk bytes
   const uint64_t want = (bytes + stride - 1) / stride;

@@ -182,6 +182,11 @@ class ChunkCache {
   // cache grow back by up to `bytes`, in whole slots; returns the bytes taken back.
   uint64_t LendSpace(uint64_t bytes);
   uint64_t ReturnSpace(uint64_t bytes);
+  // Like LendSpace, but the bytes come out of cached chunks (the coldest
+  // first), so the file system really gets them back: for a disk fuller than
+  // the budget knows (LendSpace takes never-written slots first, which frees
+  // nothing on a sparse store).
+  uint64_t GiveBackDisk(uint64_t bytes);
 
   // The key of a known generation (no datastore needed).
   std::optional<index::GenerationKey> GenerationKeyOf(GenerationId gen) const;

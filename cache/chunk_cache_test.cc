@@ -464,6 +464,31 @@ TEST_F(ChunkCacheTest, LendsSpaceToOverlaysByEvictingAndGrowsBackWhenReturned) {
   EXPECT_EQ(src.reads.load(), 0u);  // grown back: everything fits again
 }
 
+// A budget far larger than the cache's use: LendSpace takes never-written
+// slots (nothing for the file system), GiveBackDisk takes cached chunks.
+TEST_F(ChunkCacheTest, GiveBackDiskFreesRealSpaceWhereLendSpaceFreesOnlyBudget) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg, 64 * kChunk);
+  CountingSource src(RandomBytes(8 * kChunk, 24));
+  GenerationId gen = Bind(*cache, src.data().size());
+  ReadAllAndCheck(*cache, gen, src);
+  auto allocated = [&] {
+    struct stat st;
+    EXPECT_EQ(stat((dir_ + "/cache/store.dat").c_str(), &st), 0);
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+  };
+  const uint64_t before = allocated();
+  ASSERT_GE(before, 8 * kChunk);
+  EXPECT_EQ(cache->LendSpace(4 * kChunk), 4 * kChunk);
+  EXPECT_EQ(cache->used_bytes(), 8 * kChunk);  // nothing cached had to go
+  EXPECT_EQ(allocated(), before);
+  EXPECT_EQ(cache->GiveBackDisk(4 * kChunk), 4 * kChunk);
+  EXPECT_EQ(cache->used_bytes(), 4 * kChunk);
+  EXPECT_EQ(cache->capacity_bytes(), 56 * kChunk);
+  EXPECT_LE(allocated(), before - 4 * kChunk);
+  ReadAllAndCheck(*cache, gen, src);  // still every byte right
+}
+
 TEST_F(ChunkCacheTest, CheckFindsAndDropsEveryCorruptChunk) {
   metrics::Registry reg;
   auto cache = OpenCache(reg);

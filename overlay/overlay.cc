@@ -744,7 +744,14 @@ Status Overlay::Impl::AppendReserved(std::span<const char> bytes, std::vector<Pi
   // The books above already say where the bytes go; only the turn holder
   // changes them, and readers cannot see these offsets before PlaceOnDisk.
   io::File* log = file.get();
-  Status st = Unlocked([&] { return log->Run(reqs); });
+  // A disk fuller than the budget knows: the read cache gives real space
+  // back (still without mu), and the append is tried once more.
+  DiskSpace& space = *store.options.disk_space;
+  Status st = Unlocked([&] {
+    Status s = log->Run(reqs);
+    if (s.code() == Code::kNoSpace && space.MakeRoom(bytes.size())) s = log->Run(reqs);
+    return s;
+  });
   if (!st.ok()) {
     store.io_errors.Add();
     for (const Piece& p : *pieces) dirty.push_back(SlotOf(p.off));

@@ -59,6 +59,10 @@ class DiskSpace {
   // True when the disk tier may use `bytes` more; false = no space.
   virtual bool Acquire(uint64_t bytes) = 0;
   virtual void Release(uint64_t bytes) = 0;
+  // The file system refused a write of `bytes` that Acquire allowed (the
+  // disk is fuller than the budget knows): makes real room if it can (the
+  // agent's read cache gives disk back) and says whether to retry once.
+  virtual bool MakeRoom(uint64_t bytes) { return false; }
 };
 
 class FixedDiskSpace : public DiskSpace {

@@ -79,6 +79,17 @@ void LocalSpace::Release(uint64_t bytes) {
   if (p > 2 * step_) Wake();
 }
 
+bool LocalSpace::MakeRoom(uint64_t bytes) {
+  const uint64_t got = cache_.GiveBackDisk(std::max(bytes, kReserve));
+  if (got == 0) return false;
+  held_extra_ += got;
+  spdlog::warn(
+      "local disk of {}: full before goldcache's budget was; the read cache gave back {} MiB "
+      "for desktops' writes", options_.dir, got >> 20);
+  Wake();  // the lender shows it and gives it back once the disk has room
+  return true;
+}
+
 void LocalSpace::ShowPool() {
   // Concurrent updates may publish out of order; the lender's next round
   // (at most check_interval later) sets it right.
@@ -105,14 +116,14 @@ void LocalSpace::Lend() {
     if (stop_) break;
     wake_ = false;
     const uint64_t wanted = std::exchange(wanted_, 0);
-    uint64_t held = held_for_disk_;
+    uint64_t held = held_for_disk_ + held_extra_.exchange(0);
     lock.unlock();
 
     // 1. The file system's own reserve comes first.
     if (auto fs = env_.StatFs(options_.dir); fs.ok()) {
       const uint64_t free = uint64_t{fs->f_bavail} * fs->f_frsize;
       if (free < kReserve) {
-        const uint64_t got = cache_.LendSpace(kReserve - free);
+        const uint64_t got = cache_.GiveBackDisk(kReserve - free);
         if (got > 0) {
           held += got;
           spdlog::warn(

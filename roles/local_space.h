@@ -47,6 +47,9 @@ class ReadCacheSpace {
   virtual uint64_t LendSpace(uint64_t bytes) = 0;
   virtual uint64_t ReturnSpace(uint64_t bytes) = 0;
   virtual uint64_t capacity_bytes() const = 0;
+  // See cache::ChunkCache::GiveBackDisk: lends bytes that the file system
+  // really gets back.
+  virtual uint64_t GiveBackDisk(uint64_t bytes) = 0;
 };
 
 // The read cache itself, as LocalSpace sees it.
@@ -56,6 +59,7 @@ class ChunkCacheSpace : public ReadCacheSpace {
   uint64_t LendSpace(uint64_t bytes) override { return cache_.LendSpace(bytes); }
   uint64_t ReturnSpace(uint64_t bytes) override { return cache_.ReturnSpace(bytes); }
   uint64_t capacity_bytes() const override { return cache_.capacity_bytes(); }
+  uint64_t GiveBackDisk(uint64_t bytes) override { return cache_.GiveBackDisk(bytes); }
 
  private:
   cache::ChunkCache& cache_;
@@ -83,6 +87,10 @@ class LocalSpace : public overlay::DiskSpace {
 
   bool Acquire(uint64_t bytes) override;
   void Release(uint64_t bytes) override;
+  // The file system refused an overlay write the budget allowed: the read
+  // cache gives back at least kReserve of real disk now (held until the
+  // free space is back, as for the reserve).
+  bool MakeRoom(uint64_t bytes) override;
 
   uint64_t overlay_bytes() const { return overlay_.load(); }
   uint64_t pool_bytes() const { return pool_.load(); }
@@ -116,6 +124,7 @@ class LocalSpace : public overlay::DiskSpace {
   bool exhausted_ = false;      // GUARDED_BY(mu_): the cache had nothing to lend
   bool wake_ = false;           // GUARDED_BY(mu_)
   bool stop_ = false;           // GUARDED_BY(mu_)
+  std::atomic<uint64_t> held_extra_{0};  // given back by MakeRoom, not yet in held_for_disk_
   uint64_t held_for_disk_ = 0;  // lender thread only (and Settle's reader, under mu_)
   std::thread lender_;
 };

@@ -31,6 +31,7 @@ class FakeCache : public ReadCacheSpace {
     std::lock_guard lock(mu_);
     return capacity_;
   }
+  uint64_t GiveBackDisk(uint64_t bytes) override { return LendSpace(bytes); }
 
  private:
   mutable std::mutex mu_;
