@@ -85,7 +85,8 @@ bool LocalSpace::MakeRoom(uint64_t bytes) {
   held_extra_ += got;
   spdlog::warn(
       "local disk of {}: full before goldcache's budget was; the read cache gave back {} MiB "
-      "for desktops' writes", options_.dir, got >> 20);
+      "for desktops' writes",
+      options_.dir, got >> 20);
   Wake();  // the lender shows it and gives it back once the disk has room
   return true;
 }

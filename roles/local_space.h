@@ -118,14 +118,14 @@ class LocalSpace : public overlay::DiskSpace {
   std::atomic<uint64_t> overlay_{0};  // used by overlays
 
   std::mutex mu_;
-  std::condition_variable cv_;  // the lender's work, and its answers
-  uint64_t wanted_ = 0;         // GUARDED_BY(mu_): a writer waits for this much
-  uint64_t round_ = 0;          // GUARDED_BY(mu_): lender rounds done
-  bool exhausted_ = false;      // GUARDED_BY(mu_): the cache had nothing to lend
-  bool wake_ = false;           // GUARDED_BY(mu_)
-  bool stop_ = false;           // GUARDED_BY(mu_)
+  std::condition_variable cv_;           // the lender's work, and its answers
+  uint64_t wanted_ = 0;                  // GUARDED_BY(mu_): a writer waits for this much
+  uint64_t round_ = 0;                   // GUARDED_BY(mu_): lender rounds done
+  bool exhausted_ = false;               // GUARDED_BY(mu_): the cache had nothing to lend
+  bool wake_ = false;                    // GUARDED_BY(mu_)
+  bool stop_ = false;                    // GUARDED_BY(mu_)
   std::atomic<uint64_t> held_extra_{0};  // given back by MakeRoom, not yet in held_for_disk_
-  uint64_t held_for_disk_ = 0;  // lender thread only (and Settle's reader, under mu_)
+  uint64_t held_for_disk_ = 0;           // lender thread only (and Settle's reader, under mu_)
   std::thread lender_;
 };
 
