@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -168,61 +167,54 @@ TEST_F(ChunkCacheTest, WriteBehindAnswersTheReaderBeforeTheStoreAndIndexesOnlySt
 }
 
 // kill -9 while a fetched chunk waits for its store write: after the
-// restart no index record names it, and it is fetched again, right.
+// restart no index record names it, and it is fetched again, right. The
+// "agent" is a death-test child: a fresh process (gtest re-executes this
+// test in it, so no thread of ours is forked), which SIGKILLs itself once
+// it was served and its store write is held.
 TEST_F(ChunkCacheTest, KillBeforeTheStoreWriteLeavesNoRecordNamingTheChunk) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
   CountingSource src(RandomBytes(4 * kChunk, 22));
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // The agent: serves chunk 1, its store write held forever.
-    close(ready[0]);
-    metrics::Registry reg;
-    io::FaultEnv env;
-    auto cache = OpenCache(reg, 64 * kChunk, "", &env);
-    if (cache == nullptr) _exit(2);
-    GenerationId gen = Bind(*cache, src.data().size());
-    auto latch = std::make_shared<io::Latch>();
-    env.Add({.op = io::Op::kWrite, .path_contains = "store.dat", .latch = latch});
-    std::vector<char> buf(kChunk);
-    auto r = cache->Read(gen, src.data().size(), kChunk, buf, src);
-    const bool served = r.ok() && r->bytes == kChunk &&
-                        std::memcmp(buf.data(), src.data().data() + kChunk, kChunk) == 0;
-    const bool held = latch->WaitBlocked(std::chrono::seconds(30));
-    char msg[1 + sizeof(gen)];
-    msg[0] = served && held ? 'y' : 'n';
-    std::memcpy(msg + 1, &gen, sizeof(gen));
-    if (write(ready[1], msg, sizeof(msg)) != static_cast<ssize_t>(sizeof(msg))) _exit(3);
-    for (;;) pause();
+  // The child runs SetUp and this body again (another temporary dir): it
+  // takes ours from the environment, which only the parent sets.
+  if (GTEST_FLAG_GET(internal_run_death_test).empty()) {
+    ASSERT_EQ(setenv("GC_KILL_TEST_CACHE", (dir_ + "/cache").c_str(), 1), 0);
   }
-  close(ready[1]);
-  char msg[1 + sizeof(GenerationId)] = {};
-  const ssize_t got = read(ready[0], msg, sizeof(msg));
-  close(ready[0]);
-  const char verdict = msg[0];
-  GenerationId child_gen = 0;
-  std::memcpy(&child_gen, msg + 1, sizeof(child_gen));
-  kill(child, SIGKILL);
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_EQ(got, static_cast<ssize_t>(sizeof(msg)))
-      << "the child agent exited early, status " << status;
-  ASSERT_EQ(verdict, 'y') << "the child was not served, or its store write was not held";
-  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  EXPECT_EXIT(
+      {
+        metrics::Registry reg;
+        io::FaultEnv env;
+        auto cache = OpenCache(reg, 64 * kChunk, std::getenv("GC_KILL_TEST_CACHE"), &env);
+        if (cache == nullptr) _exit(2);
+        GenerationId gen = Bind(*cache, src.data().size());
+        auto latch = std::make_shared<io::Latch>();
+        env.Add({.op = io::Op::kWrite, .path_contains = "store.dat", .latch = latch});
+        std::vector<char> buf(kChunk);
+        auto r = cache->Read(gen, src.data().size(), kChunk, buf, src);
+        if (!r.ok() || r->bytes != kChunk ||
+            std::memcmp(buf.data(), src.data().data() + kChunk, kChunk) != 0) {
+          _exit(3);  // not served right
+        }
+        if (!latch->WaitBlocked(std::chrono::seconds(30))) _exit(4);  // store write not held
+        std::filesystem::remove_all(dir_);  // the child's own (unused) SetUp dir
+        raise(SIGKILL);
+      },
+      ::testing::KilledBySignal(SIGKILL), "");
+  unsetenv("GC_KILL_TEST_CACHE");
 
   metrics::Registry reg;
   auto cache = OpenCache(reg);
   ASSERT_NE(cache, nullptr);
-  GenerationId gen = Bind(*cache, src.data().size());
-  ASSERT_EQ(gen, child_gen) << "the restart did not keep the generation the child served";
+  EXPECT_TRUE(cache->recovered_from_crash()) << "the child never ran the cache here";
+  auto bound = cache->BindGeneration(index::GenerationKey{"ds:t.img", src.data().size(), 1, 1, 1});
+  ASSERT_TRUE(bound.ok());
+  EXPECT_EQ(bound->id, 1u) << "not the generation the child bound and served";
+  const GenerationId gen = bound->id;
   EXPECT_FALSE(cache->RecordOf(ChunkKey{gen, 1}).has_value());
   std::vector<char> buf(kChunk);
-  const uint64_t reads = src.reads.load();  // the child's reads were its own copy's
   auto r = cache->Read(gen, src.data().size(), kChunk, buf, src);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(0, std::memcmp(buf.data(), src.data().data() + kChunk, kChunk));
-  EXPECT_EQ(src.reads.load(), reads + 1) << "chunk 1 must come from the datastore again";
+  EXPECT_EQ(src.reads.load(), 1u) << "chunk 1 must come from the datastore again";
 }
 
 // Issue 9.6: a damaged index is set aside and the cache starts empty, rather
