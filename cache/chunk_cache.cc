@@ -884,8 +884,13 @@ void ChunkCache::Readahead(GenerationId gen, uint64_t file_size, uint64_t next_c
   {
     std::lock_guard lock(stream.state_->mu);
     if (stream.state_->epoch.load() != run.epoch) return;  // the run already moved on
+    // As far ahead as the run has come, up to readahead_chunks: a short
+    // run (a boot's 2-3 chunks, then a jump) fetches little it will not
+    // read; a long one soon reaches the whole window.
+    const uint64_t window = std::min<uint64_t>(options_.readahead_chunks,
+                                               std::max<uint64_t>(1, run.run_bytes / chunk_size_));
     from = std::max(next_chunk, stream.state_->readahead_until);
-    to = std::min<uint64_t>(chunks, next_chunk + options_.readahead_chunks);
+    to = std::min<uint64_t>(chunks, next_chunk + window);
     if (from >= to) return;
     stream.state_->readahead_until = to;
   }

@@ -296,6 +296,39 @@ TEST_F(ChunkCacheTest, PowerCutsAtRandomPointsNeverLeaveTheIndexNamingLostData) 
   }
 }
 
+// Readahead ramps with the run: as many chunks ahead as the run has come
+// (up to readahead_chunks), none for a lone read; a jump starts over.
+TEST_F(ChunkCacheTest, ASequentialRunReadsAheadAsFarAsItHasComeAndNoFurther) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  auto src = std::make_shared<CountingSource>(RandomBytes(64 * kChunk, 25));
+  GenerationId gen = Bind(*cache, src->data().size());
+  ReadStream stream;
+  std::vector<char> buf(kChunk);
+  auto read = [&](uint64_t chunk) {
+    auto r = cache->Read(gen, src->data().size(), chunk * kChunk, buf, *src, &stream, src);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(0, std::memcmp(buf.data(), src->data().data() + chunk * kChunk, kChunk));
+  };
+  read(0);
+  cache->WaitIdle();
+  EXPECT_EQ(src->reads.load(), 1u) << "a lone read fetched ahead";
+  read(1);  // a run of 2 chunks: 2 ahead
+  cache->WaitIdle();
+  EXPECT_EQ(src->reads.load(), 4u);
+  read(2);
+  read(3);  // a run of 4 chunks: 4 ahead, to chunk 7
+  cache->WaitIdle();
+  EXPECT_EQ(src->reads.load(), 8u);
+  EXPECT_EQ(Counter(reg, "goldcache_cache_readahead_chunks_total"), 6u);
+  read(40);  // a jump (past the 1 MiB of slack a run allows): a new run, nothing ahead yet
+  cache->WaitIdle();
+  EXPECT_EQ(src->reads.load(), 9u);
+  for (uint64_t c = 4; c < 8; ++c) read(c);  // served from what was fetched ahead
+  cache->WaitIdle();
+  EXPECT_LE(src->reads.load(), 9u + 4u);  // the new run from 4 fetches ahead again
+}
+
 TEST_F(ChunkCacheTest, ReadsPastEndOfFileAreShort) {
   metrics::Registry reg;
   auto cache = OpenCache(reg);
