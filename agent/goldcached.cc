@@ -23,6 +23,7 @@
 #include "backing/metered_backing.h"
 #include "backing/nfs_backing.h"
 #include "cache/chunk_cache.h"
+#include "cache/chunk_store.h"
 #include "fuse/mount.h"
 #include "metrics/metrics.h"
 #include "overlay/overlay.h"
@@ -324,8 +325,10 @@ int Serve(const AgentConfig& config) {
   // After a crash the cache re-proves every chunk before it serves (reads
   // the whole store): tell systemd it takes longer than TimeoutStartSec, or
   // a large cache would be killed mid-proof and loop under Restart=.
-  if (struct stat marker, store; stat((config.cache.dir + "/RUNNING").c_str(), &marker) == 0 &&
-                                 stat((config.cache.dir + "/store.dat").c_str(), &store) == 0) {
+  const std::string marker_path = config.cache.dir + "/" + cache::ChunkCache::kRunningMarker;
+  const std::string store_path = config.cache.dir + "/" + cache::ChunkStore::kFileName;
+  if (struct stat marker, store;
+      stat(marker_path.c_str(), &marker) == 0 && stat(store_path.c_str(), &store) == 0) {
     const uint64_t bytes = static_cast<uint64_t>(store.st_blocks) * 512;
     const uint64_t seconds = 60 + bytes / (100ull << 20);  // at 100 MiB/s, a slow disk
     sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=re-proving %llu MiB of cached chunks",

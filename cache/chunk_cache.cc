@@ -36,7 +36,6 @@ namespace goldcache::cache {
 namespace {
 
 constexpr int kMaxAttempts = 3;
-constexpr char kRunningMarker[] = "RUNNING";
 // 2: one store.dat of slots with their checksums (1 was chunks.dat + sums.dat).
 constexpr char kFormatVersion[] = "2";
 constexpr char kOrderMeta[] = "eviction_order";

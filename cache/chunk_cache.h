@@ -131,6 +131,9 @@ class ReadStream {
 
 class ChunkCache {
  public:
+  // In the cache dir while a cache is open: found at Open, the last one did
+  // not close cleanly and every cached chunk is re-proved.
+  static constexpr char kRunningMarker[] = "RUNNING";
   // A sequential run this long is a sweep (cache/eviction.h).
   static constexpr uint64_t kScanRunBytes = 32ull << 20;
 

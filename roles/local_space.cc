@@ -98,7 +98,7 @@ void LocalSpace::ShowPool() {
 }
 
 uint64_t LocalSpace::held_for_disk_bytes() const {
-  std::lock_guard lock(const_cast<std::mutex&>(mu_));
+  std::lock_guard lock(mu_);
   return held_for_disk_;
 }
 

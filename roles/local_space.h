@@ -117,7 +117,7 @@ class LocalSpace : public overlay::DiskSpace {
   std::atomic<uint64_t> pool_{0};     // lent by the cache, not used by overlays
   std::atomic<uint64_t> overlay_{0};  // used by overlays
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;           // the lender's work, and its answers
   uint64_t wanted_ = 0;                  // GUARDED_BY(mu_): a writer waits for this much
   uint64_t round_ = 0;                   // GUARDED_BY(mu_): lender rounds done

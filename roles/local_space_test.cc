@@ -31,12 +31,20 @@ class FakeCache : public ReadCacheSpace {
     std::lock_guard lock(mu_);
     return capacity_;
   }
-  uint64_t GiveBackDisk(uint64_t bytes) override { return LendSpace(bytes); }
+  // A real cache evicts cached chunks here, not never-written slots; the
+  // fake only counts that the disk path asked for this one.
+  uint64_t GiveBackDisk(uint64_t bytes) override {
+    const uint64_t n = LendSpace(bytes);
+    given_back_ += n;
+    return n;
+  }
+  uint64_t given_back() const { return given_back_.load(); }
 
  private:
   mutable std::mutex mu_;
   uint64_t capacity_;
   uint64_t lent_ = 0;
+  std::atomic<uint64_t> given_back_{0};
 };
 
 // The file system's free space is whatever the test says.
@@ -104,6 +112,8 @@ TEST(LocalSpaceTest, AFullDiskMakesTheCacheGiveBackAndKeepItUntilThereIsRoom) {
   env.free = 10 * kMiB;  // something else filled the disk
   space.Settle();
   EXPECT_GE(space.held_for_disk_bytes(), LocalSpace::kReserve - 10 * kMiB);
+  EXPECT_GE(cache.given_back(), LocalSpace::kReserve - 10 * kMiB)
+      << "the reserve took budget (LendSpace), which frees no disk";
   EXPECT_LE(cache.capacity_bytes(), before - (LocalSpace::kReserve - 10 * kMiB));
   env.free = 1ull << 40;  // it went away
   space.Settle();

@@ -47,6 +47,21 @@ def datastore_bytes(agent) -> float:
     return agent.metrics().value("goldcache_datastore_read_bytes_total")
 
 
+def sweep_then_boot(agent, t, chunks, what):
+    """One sweep, which must really go to the datastore (or it proves
+    nothing), then a boot, which must find its set still cached."""
+    boot_bytes = len(chunks) * CHUNK
+    before = datastore_bytes(agent)
+    sweep(t.mnt_path, t.data)
+    assert datastore_bytes(agent) - before >= TEMPLATE_SIZE - boot_bytes - CACHE // 2
+    before = datastore_bytes(agent)
+    boot(t.mnt_path, t.data, chunks)
+    refetched = datastore_bytes(agent) - before
+    assert refetched <= 0.05 * boot_bytes, \
+        f"{what} evicted the boot set: the next boot read {refetched / MiB:.1f} MiB " \
+        f"of {boot_bytes // MiB} MiB from the datastore"
+
+
 def test_a_sweep_twice_the_cache_leaves_the_boot_set_cached_also_after_a_restart(
         ws, make_template):
     t = make_template(TEMPLATE, TEMPLATE_SIZE, seed=91)
@@ -57,31 +72,12 @@ def test_a_sweep_twice_the_cache_leaves_the_boot_set_cached_also_after_a_restart
     boot(t.mnt_path, t.data, chunks)  # cold: fetched once
     assert datastore_bytes(agent) >= boot_bytes
     boot(t.mnt_path, t.data, chunks)  # the second boot: every chunk is in use twice
-    before = datastore_bytes(agent)
-    sweep(t.mnt_path, t.data)
-    # The sweep really went to the datastore for (nearly) everything it read,
-    # and evicted: otherwise it proves nothing.
-    assert datastore_bytes(agent) - before >= TEMPLATE_SIZE - boot_bytes - CACHE // 2
+    sweep_then_boot(agent, t, chunks, "the sweep")
     assert agent.metrics().value("goldcache_cache_evictions_total") > 0
-
-    before = datastore_bytes(agent)
-    boot(t.mnt_path, t.data, chunks)
-    refetched = datastore_bytes(agent) - before
-    assert refetched <= 0.05 * boot_bytes, \
-        f"the sweep evicted the boot set: the next boot read {refetched / MiB:.1f} MiB " \
-        f"of {boot_bytes // MiB} MiB from the datastore"
 
     # A clean restart keeps the eviction order: a sweep right after it (no
     # boot in between to re-teach the cache) still leaves the boot set alone.
     assert agent.stop() == 0
     agent.start()
-    before = datastore_bytes(agent)
-    sweep(t.mnt_path, t.data)
-    assert datastore_bytes(agent) - before >= TEMPLATE_SIZE - boot_bytes - CACHE // 2
-    before = datastore_bytes(agent)
-    boot(t.mnt_path, t.data, chunks)
-    refetched = datastore_bytes(agent) - before
-    assert refetched <= 0.05 * boot_bytes, \
-        f"after a restart the sweep evicted the boot set: the next boot read " \
-        f"{refetched / MiB:.1f} MiB of {boot_bytes // MiB} MiB from the datastore"
+    sweep_then_boot(agent, t, chunks, "after a restart the sweep")
     assert gcrig.datastore_writes(agent.metrics()) == gcrig.NO_DATASTORE_WRITES
