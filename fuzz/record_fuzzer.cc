@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 
+#include "index/manifest.h"
 #include "index/records.h"
 
 using namespace goldcache::index;

@@ -90,6 +90,7 @@ Result<GenerationBinding> ChunkIndex::BindGeneration(const GenerationKey& key) {
       return true;
     }
     binding.changed = true;
+    binding.previous = cur->second;
     return false;
   };
   {
@@ -102,6 +103,7 @@ Result<GenerationBinding> ChunkIndex::BindGeneration(const GenerationKey& key) {
   {
     std::lock_guard lock(mu_);
     binding.changed = false;
+    binding.previous = 0;
     if (current()) return binding;  // bound meanwhile
     // An older generation of this path may match again (a file restored to
     // an earlier state keeps its ctime moving, so in practice this is rare).

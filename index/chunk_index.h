@@ -40,6 +40,8 @@ struct GenerationBinding {
   // True when the path had an earlier generation with a different key: the
   // datastore file changed since goldcache last saw it.
   bool changed = false;
+  // When changed: the path's generation before (0 when unknown).
+  GenerationId previous = 0;
 };
 
 class ChunkIndex {

@@ -5,7 +5,9 @@
 namespace goldcache::index {
 namespace {
 
-constexpr char kChunkRecordFormat = 1;
+// 2: the chunk's digest follows the table hash.
+constexpr char kChunkRecordFormat = 2;
+constexpr char kTraceFormat = 1;
 constexpr char kGenerationFormat = 1;
 
 void PutFixed64LE(std::string& out, uint64_t v) {
@@ -66,13 +68,16 @@ std::string EncodeChunkRecord(const ChunkRecord& rec) {
   PutFixed64LE(out, rec.slot);
   PutFixed32LE(out, rec.length);
   PutFixed64LE(out, rec.table_hash);
+  out.append(reinterpret_cast<const char*>(rec.digest.data()), rec.digest.size());
   return out;
 }
 
 std::optional<ChunkRecord> DecodeChunkRecord(std::string_view b) {
-  if (b.size() != 21 || b[0] != kChunkRecordFormat) return std::nullopt;
-  return ChunkRecord{GetFixed64LE(b.data() + 1), GetFixed32LE(b.data() + 9),
-                     GetFixed64LE(b.data() + 13)};
+  if (b.size() != 53 || b[0] != kChunkRecordFormat) return std::nullopt;
+  ChunkRecord rec{
+      GetFixed64LE(b.data() + 1), GetFixed32LE(b.data() + 9), GetFixed64LE(b.data() + 13), {}};
+  std::memcpy(rec.digest.data(), b.data() + 21, rec.digest.size());
+  return rec;
 }
 
 std::string EncodeGenerationKey(const GenerationKey& key) {
@@ -94,6 +99,47 @@ std::optional<GenerationKey> DecodeGenerationKey(std::string_view b) {
   key.ino = GetFixed64LE(b.data() + 25);
   key.path.assign(b.substr(33));
   return key;
+}
+
+// Format byte, then each chunk number as the difference to the one before
+// (zig-zag, LEB128): a boot's runs cost a byte or two per chunk.
+std::string EncodeTrace(const std::vector<uint64_t>& chunks) {
+  std::string out(1, kTraceFormat);
+  uint64_t prev = 0;
+  for (uint64_t c : chunks) {
+    const int64_t delta = static_cast<int64_t>(c - prev);
+    uint64_t z = (static_cast<uint64_t>(delta) << 1) ^ static_cast<uint64_t>(delta >> 63);
+    do {
+      out.push_back(static_cast<char>((z & 0x7f) | (z > 0x7f ? 0x80 : 0)));
+      z >>= 7;
+    } while (z != 0);
+    prev = c;
+  }
+  return out;
+}
+
+std::optional<std::vector<uint64_t>> DecodeTrace(std::string_view b) {
+  if (b.empty() || b[0] != kTraceFormat) return std::nullopt;
+  std::vector<uint64_t> out;
+  uint64_t prev = 0;
+  for (size_t i = 1; i < b.size();) {
+    uint64_t z = 0;
+    int shift = 0;
+    for (;;) {
+      if (i >= b.size() || shift > 63) return std::nullopt;
+      const auto byte = static_cast<unsigned char>(b[i++]);
+      // Canonical only (no trailing zero groups, no bits past 64): one
+      // trace, one encoding.
+      if ((shift > 0 && byte == 0) || (shift == 63 && byte > 1)) return std::nullopt;
+      z |= uint64_t{byte & 0x7fu} << shift;
+      shift += 7;
+      if ((byte & 0x80) == 0) break;
+    }
+    const int64_t delta = static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1);
+    prev += static_cast<uint64_t>(delta);
+    out.push_back(prev);
+  }
+  return out;
 }
 
 std::string EncodeU64(uint64_t v) {

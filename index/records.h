@@ -4,11 +4,14 @@
 // read exactly or rejected (never misread).
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace goldcache::index {
 
@@ -40,11 +43,26 @@ struct ChunkKeyHash {
   }
 };
 
-// Where a chunk lives in the local store and how to prove it good.
+// A chunk's content identity: SHA-256 of its bytes (index/digest.h). Two
+// chunks with one digest are the same bytes, whatever file, generation or
+// offset they come from: the local store keeps them once.
+using Digest = std::array<uint8_t, 32>;
+
+struct DigestHash {
+  size_t operator()(const Digest& d) const noexcept {
+    size_t h;  // the digest is uniformly distributed already
+    std::memcpy(&h, d.data(), sizeof(h));
+    return h;
+  }
+};
+
+// Where a chunk lives in the local store and how to prove it good. Several
+// records (of one file or of many) may name one slot: they have one digest.
 struct ChunkRecord {
   uint64_t slot = 0;        // slot in the chunk store
   uint32_t length = 0;      // valid bytes (the last chunk of a file is short)
   uint64_t table_hash = 0;  // hash of the chunk's per-block checksum table
+  Digest digest{};          // of the chunk's bytes
   bool operator==(const ChunkRecord&) const = default;
 };
 
@@ -53,6 +71,7 @@ struct ChunkRecord {
 //   'g' gen(8, big-endian)                      -> GenerationKey
 //   'p' path                                    -> current GenerationId of path
 //   'm' name                                    -> metadata (format, chunk size)
+//   't' gen(8, big-endian)                      -> boot trace of gen (EncodeTrace)
 std::string EncodeChunkKey(const ChunkKey& key);
 std::optional<ChunkKey> DecodeChunkKey(std::string_view bytes);
 std::string EncodeGenerationIdKey(GenerationId id);
@@ -64,6 +83,9 @@ std::string EncodeChunkRecord(const ChunkRecord& rec);
 std::optional<ChunkRecord> DecodeChunkRecord(std::string_view bytes);
 std::string EncodeGenerationKey(const GenerationKey& key);
 std::optional<GenerationKey> DecodeGenerationKey(std::string_view bytes);
+// A boot trace: chunk numbers in the order they were first read.
+std::string EncodeTrace(const std::vector<uint64_t>& chunks);
+std::optional<std::vector<uint64_t>> DecodeTrace(std::string_view bytes);
 std::string EncodeU64(uint64_t v);
 std::optional<uint64_t> DecodeU64(std::string_view bytes);
 

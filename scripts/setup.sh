@@ -24,7 +24,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libfuse3-dev fuse3 librocksdb-dev liburing-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev
-  libcpp-httplib-dev libcli11-dev libtomlplusplus-dev
+  libcpp-httplib-dev libcli11-dev libtomlplusplus-dev libssl-dev
   libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind
   qemu-utils fio python3 python3-pytest python3-prometheus-client python3-matplotlib dpkg-dev systemd
   procps util-linux ca-certificates file netbase
