@@ -17,8 +17,8 @@ std::vector<uint32_t> ComputeTable(std::span<const char> data) {
   return table;
 }
 
-uint64_t TableHash(std::span<const uint32_t> table, const index::ChunkKey& key, uint32_t length) {
-  uint64_t seed = index::ChunkKeyHash{}(key) ^ (uint64_t{length} << 32);
+uint64_t TableHash(std::span<const uint32_t> table, const index::Digest& digest, uint32_t length) {
+  uint64_t seed = index::DigestHash{}(digest) ^ (uint64_t{length} << 32);
   return XXH3_64bits_withSeed(table.data(), table.size_bytes(), seed);
 }
 

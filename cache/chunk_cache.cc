@@ -9,16 +9,25 @@
 //           readahead.
 //   Flight  one fetch of one chunk: its bytes, once there, serve every
 //           waiter and every reader that comes while it is stored.
-//   Store   write-behind threads checksum the bytes, take a slot (evicting
-//           in batches), write data and checksums, publish the entry, and
-//           queue its index record; the index commits records only after
-//           the store is synced (data durable before the index names it).
+//   Store   write-behind threads checksum and digest the bytes; a digest
+//           already stored names that slot (one more reference), else they
+//           take a slot (evicting in batches) and write data and checksums;
+//           then publish the entry and queue its index record; the index
+//           commits records only after the store is synced (data durable
+//           before the index names it).
+//   Reuse   a miss of a generation with a manifest whose digest is stored
+//           becomes an entry naming that slot, served as a hit.
+//   Trace   the first reads of a recording generation, in order; a trace
+//           prefetch keeps max_prefetch of its chunks in flight, each
+//           finished fetch queueing the next.
 //
 // Locks: each shard's mu guards its map, flights, eviction lists and table
-// cache; space_mu_ the free slots; gen_mu_ the per-generation byte counts;
-// pin_mu_ the pinned generations. Order: shard mu, then space_mu_, gen_mu_
-// or pin_mu_ (never two shards at once). None is held across IO, a RocksDB
-// write or a wait for a flight.
+// cache; manifest_mu_ the manifests; cas_mu_ the slots' references and the
+// digest map; space_mu_ the free slots; gen_mu_ the per-generation byte
+// counts; pin_mu_ the pinned generations; trace_mu_ the traces. Order: shard
+// mu, then manifest_mu_, cas_mu_, space_mu_ (or gen_mu_, pin_mu_; never two
+// shards at once; trace_mu_ alone). None is held across IO, a RocksDB write
+// or a wait for a flight.
 
 #include "cache/chunk_cache.h"
 
@@ -30,14 +39,18 @@
 #include <list>
 
 #include "cache/checksum.h"
+#include "index/digest.h"
 #include "util/private_dir.h"
 
 namespace goldcache::cache {
 namespace {
 
 constexpr int kMaxAttempts = 3;
-// 2: one store.dat of slots with their checksums (1 was chunks.dat + sums.dat).
-constexpr char kFormatVersion[] = "2";
+// 3: records carry the chunk's digest, table hashes are seeded with it, and
+// a slot may be named by many records (2: one store.dat of slots with their
+// checksums; 1: chunks.dat + sums.dat).
+constexpr char kFormatVersion[] = "3";
+constexpr char kTraceMetaPrefix[] = "trace.";
 constexpr char kOrderMeta[] = "eviction_order";
 // How far behind or ahead of a run's end a read may land and still continue
 // it: the queue of one reader reorders its reads a little.
@@ -124,6 +137,39 @@ struct ChunkCache::Metrics {
         recovered_dropped(
             r.GetCounter("goldcache_cache_recovery_dropped_total",
                          "Chunks dropped at startup because they could not be proved good.")),
+        reused_manifest(r.GetCounter(
+            "goldcache_cache_reused_chunks_total",
+            "Chunks found in the local store by content digest instead of being stored again "
+            "(store: fetched, and its bytes were stored already) or fetched at all (manifest: "
+            "the generation's manifest named a digest the store holds).",
+            {{"by", "manifest"}})),
+        reused_store(r.GetCounter("goldcache_cache_reused_chunks_total", "", {{"by", "store"}})),
+        reused_manifest_bytes(r.GetCounter(
+            "goldcache_cache_reused_bytes_total",
+            "Bytes of the chunks in goldcache_cache_reused_chunks_total.", {{"by", "manifest"}})),
+        reused_store_bytes(
+            r.GetCounter("goldcache_cache_reused_bytes_total", "", {{"by", "store"}})),
+        manifest_hits(r.GetCounter(
+            "goldcache_manifest_chunks_total",
+            "Misses of generations with a manifest: hit (its digest was stored, no datastore "
+            "read) or miss (fetched).",
+            {{"result", "hit"}})),
+        manifest_misses(r.GetCounter("goldcache_manifest_chunks_total", "", {{"result", "miss"}})),
+        manifest_distrusts(r.GetCounter(
+            "goldcache_manifest_distrusts_total",
+            "Manifests detached because a chunk fetched for their generation had another digest "
+            "(the manifest is wrong, or the file changed without its attributes showing it).")),
+        prefetch_bytes(r.GetCounter("goldcache_cache_prefetch_bytes_total",
+                                    "Bytes fetched ahead of readers along a boot trace.")),
+        prefetch_in_time(
+            r.GetCounter("goldcache_cache_prefetch_in_time_total",
+                         "Reads that found a chunk prefetched along a boot trace already stored.")),
+        prefetch_late(r.GetCounter(
+            "goldcache_cache_prefetch_late_total",
+            "Reads that found a chunk prefetched along a boot trace still being fetched.")),
+        traces_recorded(r.GetCounter(
+            "goldcache_cache_traces_recorded_total",
+            "Boot traces recorded (a generation's first reads, in order) and saved in the index.")),
         write_behind_bytes(r.GetGauge(
             "goldcache_cache_write_behind_bytes",
             "Bytes of fetched chunks handed to readers and waiting to be stored locally.")) {}
@@ -139,6 +185,17 @@ struct ChunkCache::Metrics {
   metrics::Counter& readahead_late;
   metrics::Counter& store_errors;
   metrics::Counter& recovered_dropped;
+  metrics::Counter& reused_manifest;
+  metrics::Counter& reused_store;
+  metrics::Counter& reused_manifest_bytes;
+  metrics::Counter& reused_store_bytes;
+  metrics::Counter& manifest_hits;
+  metrics::Counter& manifest_misses;
+  metrics::Counter& manifest_distrusts;
+  metrics::Counter& prefetch_bytes;
+  metrics::Counter& prefetch_in_time;
+  metrics::Counter& prefetch_late;
+  metrics::Counter& traces_recorded;
   metrics::Gauge& write_behind_bytes;
 };
 
@@ -148,6 +205,35 @@ struct ChunkCache::Entry {
   // place in the shard's table LRU.
   std::shared_ptr<const std::vector<uint32_t>> table;
   std::list<ChunkKey>::iterator table_it;
+  bool prefetched = false;  // stored by a trace prefetch, not read since
+};
+
+// Who uses a slot: the content it holds and how many entries name it.
+struct ChunkCache::SlotUse {
+  index::Digest digest{};
+  uint64_t table_hash = 0;
+  uint32_t length = 0;
+  uint32_t refs = 0;       // entries naming the slot (0: free, lent or being written)
+  bool shareable = false;  // in by_digest_: new chunks with its digest may name it
+};
+
+struct ChunkCache::TraceRecorder {
+  std::mutex mu;
+  std::vector<uint64_t> order;                    // GUARDED_BY(mu)
+  std::unordered_set<uint64_t> seen;              // GUARDED_BY(mu)
+  std::chrono::steady_clock::time_point start{};  // GUARDED_BY(mu): of the first read
+  bool started = false;                           // GUARDED_BY(mu)
+  bool closed = false;                            // GUARDED_BY(mu)
+};
+
+struct ChunkCache::TracePrefetch {
+  GenerationId gen = 0;
+  uint64_t file_size = 0;
+  std::vector<uint64_t> trace;
+  std::shared_ptr<ChunkSource> source;
+  std::mutex mu;
+  size_t next = 0;       // GUARDED_BY(mu): in trace
+  unsigned running = 0;  // GUARDED_BY(mu): fetches in flight
 };
 
 // Chunk-sized buffers for flights, kept for reuse: a fresh 1 MiB buffer
@@ -191,6 +277,14 @@ struct ChunkCache::Flight {
   uint32_t chunk_len = 0;
   bool prefetch = false;
   EvictionPolicy::Use use;  // of the reader that started it: how it enters the lists
+  bool traced = false;      // a trace prefetch
+  // The manifest's digest of the chunk (set before the flight is visible):
+  // the fetched bytes are checked against it before anyone gets them, and
+  // readers of other files with that digest may join the flight.
+  std::optional<index::Digest> expected;
+  index::Digest digest{};        // of the fetched bytes, when `digested`
+  bool digested = false;         // set before state leaves kFetching
+  bool digest_mismatch = false;  // likewise: not `expected` (not for other files)
   std::atomic<int> state{kFetching};
   std::atomic<bool> demanded{false};      // a reader waits for it: never abandoned
   bool cacheable = false;                 // decided before the fetch
@@ -369,6 +463,7 @@ Status ChunkCache::Init() {
   store_ = std::move(store).value();
   slot_pins_.reset(new std::atomic<uint32_t>[slots_]);
   for (uint64_t i = 0; i < slots_; ++i) slot_pins_[i].store(0);
+  slot_use_.resize(slots_);
 
   // Shards: enough that hits of many readers rarely meet on one lock, few
   // enough that each keeps a meaningful share of the eviction lists.
@@ -422,32 +517,48 @@ Status ChunkCache::Init() {
 }
 
 Status ChunkCache::LoadRecords(bool verify) {
-  std::vector<bool> claimed(slots_, false);
   std::vector<ChunkKey> drop;
   std::vector<uint32_t> table;
   std::vector<char> scratch(verify ? chunk_size_ : 0);
+  // After a crash each slot is proved once, however many records name it.
+  std::vector<int8_t> proved(verify ? slots_ : 0, -1);  // -1 not yet, 0 bad, 1 good
+  auto prove = [&](const index::ChunkRecord& rec) {
+    table.assign(BlocksFor(rec.length), 0);
+    Status st = store_->Read(rec.slot, 0, std::span<char>(scratch.data(), rec.length), table);
+    bool good = st.ok() && TableHash(table, rec.digest, rec.length) == rec.table_hash;
+    for (uint32_t b = 0; good && b < table.size(); ++b) {
+      const uint32_t off = b * kBlockSize;
+      const uint32_t len = std::min<uint32_t>(kBlockSize, rec.length - off);
+      good = BlockChecksum(std::span<const char>(scratch.data() + off, len)) == table[b];
+    }
+    return good;
+  };
   GC_RETURN_IF_ERROR(index_->ForEachChunk([&](const ChunkKey& key, const index::ChunkRecord& rec) {
-    bool good =
-        rec.slot < slots_ && !claimed[rec.slot] && rec.length > 0 && rec.length <= chunk_size_;
+    bool good = rec.slot < slots_ && rec.length > 0 && rec.length <= chunk_size_;
+    SlotUse* use = good ? &slot_use_[rec.slot] : nullptr;
+    // A slot named before must be named for the same content.
+    if (good && use->refs > 0) {
+      good = use->digest == rec.digest && use->table_hash == rec.table_hash &&
+             use->length == rec.length;
+    }
     if (good && verify) {
-      table.assign(BlocksFor(rec.length), 0);
-      Status st = store_->Read(rec.slot, 0, std::span<char>(scratch.data(), rec.length), table);
-      good = st.ok() && TableHash(table, key, rec.length) == rec.table_hash;
-      for (uint32_t b = 0; good && b < table.size(); ++b) {
-        const uint32_t off = b * kBlockSize;
-        const uint32_t len = std::min<uint32_t>(kBlockSize, rec.length - off);
-        good = BlockChecksum(std::span<const char>(scratch.data() + off, len)) == table[b];
-      }
+      if (proved[rec.slot] < 0) proved[rec.slot] = prove(rec) ? 1 : 0;
+      good = proved[rec.slot] == 1;
     }
     if (!good) {
       drop.push_back(key);
       return;
     }
-    claimed[rec.slot] = true;
+    if (use->refs++ == 0) {
+      use->digest = rec.digest;
+      use->table_hash = rec.table_hash;
+      use->length = rec.length;
+      use->shareable = by_digest_.emplace(rec.digest, rec.slot).second;
+      used_bytes_ += rec.length;
+    }
     Shard& shard = ShardOf(key);
-    shard.entries[key] = Entry{rec, nullptr, {}};
+    shard.entries[key] = Entry{rec, nullptr, {}, false};
     shard.size.store(shard.entries.size());
-    used_bytes_ += rec.length;
     bytes_by_generation_[key.gen] += rec.length;
   }));
   for (const ChunkKey& key : drop) index_->Delete(key);
@@ -458,7 +569,7 @@ Status ChunkCache::LoadRecords(bool verify) {
     GC_RETURN_IF_ERROR(index_->Flush());
   }
   for (uint64_t s = slots_; s-- > 0;) {
-    if (!claimed[s]) free_slots_.push_back(s);  // lowest slot on top: the file stays compact
+    if (slot_use_[s].refs == 0) free_slots_.push_back(s);  // lowest on top: the file stays compact
   }
   return Status::Ok();
 }
@@ -510,6 +621,14 @@ void ChunkCache::RestoreOrder() {
 
 ChunkCache::~ChunkCache() {
   if (!index_) return;
+  stopping_.store(true);  // trace prefetches queue nothing more
+  for (;;) {              // and the ones under way end (their tasks use pool_)
+    {
+      std::shared_lock lock(trace_mu_);
+      if (prefetching_.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   pool_.reset();  // runs or finishes every fetch still queued
   {
     std::lock_guard lock(wb_mu_);
@@ -517,6 +636,7 @@ ChunkCache::~ChunkCache() {
   }
   wb_cv_.notify_all();
   for (auto& t : wb_threads_) t.join();
+  SaveTraces();
   Status order = SaveOrder();
   if (!order.ok())
     spdlog::warn("cache {}: saving the eviction order: {}", options_.dir, order.ToString());
@@ -539,7 +659,25 @@ ChunkCache::Shard& ChunkCache::ShardOf(const ChunkKey& key) {
 }
 
 Result<index::GenerationBinding> ChunkCache::BindGeneration(const index::GenerationKey& key) {
-  return index_->BindGeneration(key);
+  auto binding = index_->BindGeneration(key);
+  if (binding.ok() && binding->changed && binding->previous != 0) {
+    // The file changed: what only its old generation needs goes first
+    // (open handles of the old generation still hit; a touch keeps it).
+    size_t retired = 0;
+    for (auto& shard : shards_) {
+      std::lock_guard lock(shard->mu);
+      for (const auto& [k, entry] : shard->entries) {
+        if (k.gen != binding->previous) continue;
+        shard->policy.Retire(k);
+        ++retired;
+      }
+    }
+    if (retired > 0) {
+      spdlog::info("cache: {} chunk(s) of superseded generation {} of {} will be evicted first",
+                   retired, binding->previous, key.path);
+    }
+  }
+  return binding;
 }
 
 Status ChunkCache::FlushIndex() { return index_->Flush(); }
@@ -610,6 +748,10 @@ Result<ReadOutcome> ChunkCache::Read(GenerationId gen, uint64_t file_size, uint6
     p.dst = out.data() + (pos - offset);
     pos += p.n;
     pieces.push_back(std::move(p));
+  }
+  // A sweep is not a boot: its reads are not part of the trace.
+  if (recording_count_.load(std::memory_order_relaxed) > 0 && !use.scan) {
+    NoteFirstRead(gen, offset / chunk_size_, (end - 1) / chunk_size_);
   }
 
   Status result;
@@ -687,23 +829,34 @@ void ChunkCache::Lookup(Shard& shard, Piece& p, const EvictionPolicy::Use& use) 
     shard.policy.Touch(p.key, use);
     if (p.table)
       shard.table_lru.splice(shard.table_lru.begin(), shard.table_lru, it->second.table_it);
+    if (it->second.prefetched) {
+      it->second.prefetched = false;
+      m_->prefetch_in_time.Add();
+    }
     return;
   }
-  m_->misses.Add();
   if (auto f = shard.flights.find(p.key); f != shard.flights.end()) {
+    m_->misses.Add();
     p.flight = f->second;
+    p.flight->demanded.store(true);
+    m_->single_flight_waits.Add();
+    if (p.flight->traced && p.flight->state.load() == Flight::kFetching) m_->prefetch_late.Add();
+    return;
+  }
+  Reuse reuse = ReuseLocked(shard, p.key, p.chunk_len, use);
+  if (reuse.rec) {
+    p.rec = reuse.rec;
+    slot_pins_[reuse.rec->slot].fetch_add(1);
+    return;  // served as a hit
+  }
+  m_->misses.Add();
+  if (reuse.join) {
+    p.flight = std::move(reuse.join);
     p.flight->demanded.store(true);
     m_->single_flight_waits.Add();
     return;
   }
-  auto flight = std::make_shared<Flight>(*buffers_);
-  flight->key = p.key;
-  flight->chunk_start = p.chunk_start;
-  flight->chunk_len = p.chunk_len;
-  flight->use = use;
-  flight->demanded.store(true);
-  shard.flights.emplace(p.key, flight);
-  p.flight = std::move(flight);
+  p.flight = NewFlightLocked(shard, p.key, p.chunk_len, use, false, false, reuse.digest);
   p.leader = true;
 }
 
@@ -740,7 +893,7 @@ Status ChunkCache::ServeHit(Piece& p) {
     } else {
       fresh_table.resize(BlocksFor(rec.length));
       st = store_->Read(rec.slot, span_off, std::span<char>(buf, span_len), fresh_table);
-      if (st.ok() && TableHash(fresh_table, p.key, rec.length) != rec.table_hash) {
+      if (st.ok() && TableHash(fresh_table, rec.digest, rec.length) != rec.table_hash) {
         st = Status::Error(Code::kCorruption, "checksum table does not match its record");
       }
       table = &fresh_table;
@@ -784,6 +937,9 @@ Status ChunkCache::ServeHit(Piece& p) {
     spdlog::error("cache: reading chunk {} of generation {} failed: {}; refetching", p.key.chunk,
                   p.key.gen, st.ToString());
   }
+  // No new chunk may name this slot; the others naming it drop it on their
+  // own hits (each fails the same way) and refetch.
+  Unshare(rec);
   {
     std::lock_guard lock(shard.mu);
     auto it = shard.entries.find(p.key);
@@ -802,6 +958,15 @@ void ChunkCache::Fetch(const std::shared_ptr<Flight>& flight, ChunkSource& sourc
   } else if (*got != flight->chunk_len) {
     flight->status =
         Status::Error(Code::kStale, "datastore file is shorter than its generation says");
+  } else if (flight->expected) {
+    // Before anyone gets the bytes: readers of other files may have joined
+    // on the manifest's word. This file's own readers get its bytes anyway.
+    flight->digest = index::ComputeDigest(flight->data());
+    flight->digested = true;
+    if (flight->digest != *flight->expected) {
+      flight->digest_mismatch = true;
+      Distrust(flight->key, flight->digest);
+    }
   }
   Finish(flight);
 }
@@ -825,8 +990,37 @@ void ChunkCache::Finish(const std::shared_ptr<Flight>& flight) {
   if (ok && !flight->cacheable) (store_failed_.load() ? m_->uncached : m_->unsettled).Add();
   Shard& shard = ShardOf(flight->key);
   std::lock_guard lock(shard.mu);
+  RetireLocked(shard, flight);
+}
+
+void ChunkCache::RetireLocked(Shard& shard, const std::shared_ptr<Flight>& flight) {
   auto it = shard.flights.find(flight->key);
   if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
+  if (flight->expected) {
+    std::lock_guard lock(cas_mu_);
+    auto d = digest_flights_.find(*flight->expected);
+    if (d != digest_flights_.end() && d->second == flight) digest_flights_.erase(d);
+  }
+}
+
+std::shared_ptr<ChunkCache::Flight> ChunkCache::NewFlightLocked(
+    Shard& shard, const ChunkKey& key, uint32_t len, const EvictionPolicy::Use& use, bool prefetch,
+    bool traced, const std::optional<index::Digest>& expected) {
+  auto flight = std::make_shared<Flight>(*buffers_);
+  flight->key = key;
+  flight->chunk_start = key.chunk * chunk_size_;
+  flight->chunk_len = len;
+  flight->use = use;
+  flight->prefetch = prefetch;
+  flight->traced = traced;
+  flight->expected = expected;
+  flight->demanded.store(!prefetch);
+  shard.flights.emplace(key, flight);
+  if (expected) {
+    std::lock_guard lock(cas_mu_);
+    digest_flights_.emplace(*expected, flight);  // the first one for this content
+  }
+  return flight;
 }
 
 Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
@@ -848,6 +1042,13 @@ Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
     std::unique_lock lock(f.mu);
     f.cv.wait(lock, [&] { return f.state.load(std::memory_order_acquire) != Flight::kFetching; });
   }
+  if (f.key != p.key &&
+      (f.state.load(std::memory_order_acquire) == Flight::kFailed || f.digest_mismatch)) {
+    // Another file's fetch of the same content (by the manifests) that
+    // failed, or whose bytes were not that content: fetch our own.
+    p.flight.reset();
+    return Status::Error(Code::kAborted, "the shared fetch did not bring the content");
+  }
   if (f.state.load(std::memory_order_acquire) == Flight::kFailed) {
     Status st = f.status;
     p.flight.reset();
@@ -861,20 +1062,15 @@ Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
 
 std::shared_ptr<ChunkCache::Flight> ChunkCache::StartFetch(const ChunkKey& key, uint64_t file_size,
                                                            const EvictionPolicy::Use& use,
-                                                           bool prefetch) {
+                                                           bool prefetch, bool traced) {
   Shard& shard = ShardOf(key);
   std::lock_guard lock(shard.mu);
   if (shard.entries.count(key) || shard.flights.count(key)) return nullptr;
-  auto flight = std::make_shared<Flight>(*buffers_);
-  flight->key = key;
-  flight->chunk_start = key.chunk * chunk_size_;
-  flight->chunk_len =
-      static_cast<uint32_t>(std::min<uint64_t>(chunk_size_, file_size - flight->chunk_start));
-  flight->use = use;
-  flight->prefetch = prefetch;
-  flight->demanded.store(!prefetch);
-  shard.flights.emplace(key, flight);
-  return flight;
+  const auto len = static_cast<uint32_t>(
+      std::min<uint64_t>(chunk_size_, file_size - key.chunk * uint64_t{chunk_size_}));
+  Reuse reuse = ReuseLocked(shard, key, len, use);
+  if (reuse.rec || reuse.join) return nullptr;  // stored, or coming for another file
+  return NewFlightLocked(shard, key, len, use, prefetch, traced, reuse.digest);
 }
 
 void ChunkCache::Readahead(GenerationId gen, uint64_t file_size, uint64_t next_chunk,
@@ -965,52 +1161,93 @@ void ChunkCache::Store(const std::shared_ptr<Flight>& flight) {
   Shard& shard = ShardOf(key);
   auto retire = [&] {
     std::lock_guard lock(shard.mu);
-    auto it = shard.flights.find(key);
-    if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
+    RetireLocked(shard, flight);
   };
-  std::optional<uint64_t> slot;
-  if (!store_failed_.load()) slot = AllocateSlot();
-  if (!slot) {
+  if (store_failed_.load()) {
     m_->uncached.Add();
     retire();
     return;
   }
+  // A flight with a manifest digest was digested (and compared) when fetched.
+  const index::Digest digest =
+      flight->digested ? flight->digest : index::ComputeDigest(flight->data());
+  if (!flight->digested) {
+    if (auto listed = ManifestDigest(key); listed && *listed != digest) Distrust(key, digest);
+  }
   auto table = std::make_shared<const std::vector<uint32_t>>(ComputeTable(flight->data()));
-  const uint64_t hash = TableHash(*table, key, flight->chunk_len);
-  Status st = store_->Write(*slot, key, hash, flight->data(), *table);
-  if (!st.ok()) {
-    m_->store_errors.Add();
-    m_->uncached.Add();
-    spdlog::error("cache: storing chunk {} of generation {} failed: {}", key.chunk, key.gen,
-                  st.ToString());
+  // The same bytes stored already (a full clone's chunk, an unchanged chunk
+  // of a template's earlier generation): name that slot, write nothing.
+  std::optional<index::ChunkRecord> rec = Adopt(digest, flight->chunk_len);
+  if (rec) {
+    m_->reused_store.Add();
+    m_->reused_store_bytes.Add(flight->chunk_len);
+  } else {
+    std::optional<uint64_t> slot = AllocateSlot();
+    if (!slot) {
+      m_->uncached.Add();
+      retire();
+      return;
+    }
+    const uint64_t hash = TableHash(*table, digest, flight->chunk_len);
+    Status st = store_->Write(*slot, key, hash, flight->data(), *table);
+    if (!st.ok()) {
+      m_->store_errors.Add();
+      m_->uncached.Add();
+      spdlog::error("cache: storing chunk {} of generation {} failed: {}", key.chunk, key.gen,
+                    st.ToString());
+      {
+        std::lock_guard lock(space_mu_);
+        free_slots_.push_back(*slot);
+      }
+      retire();
+      return;
+    }
+    bool ours = false;
     {
+      std::lock_guard lock(cas_mu_);
+      auto [it, inserted] = by_digest_.emplace(digest, *slot);
+      if (inserted) {
+        slot_use_[*slot] = SlotUse{digest, hash, flight->chunk_len, 1, true};
+        ours = true;
+        rec = index::ChunkRecord{*slot, flight->chunk_len, hash, digest};
+      } else {
+        // Stored by another chunk meanwhile: name that one.
+        SlotUse& other = slot_use_[it->second];
+        ++other.refs;
+        rec = index::ChunkRecord{it->second, other.length, other.table_hash, digest};
+      }
+    }
+    if (ours) {
+      used_bytes_ += flight->chunk_len;
+    } else {
+      // No record ever named the slot just written: free at once.
       std::lock_guard lock(space_mu_);
       free_slots_.push_back(*slot);
     }
-    retire();
-    return;
   }
-  const index::ChunkRecord rec{*slot, flight->chunk_len, hash};
   {
     // Publishing the entry and retiring the flight in one critical section
     // leaves no moment where a new reader would start a second fetch.
     std::lock_guard lock(shard.mu);
     Entry& e = shard.entries[key];
-    e.rec = rec;
+    e.rec = *rec;
     e.table = table;
+    e.prefetched = flight->traced && !flight->demanded.load();
     shard.table_lru.push_front(key);
     e.table_it = shard.table_lru.begin();
     while (shard.table_lru.size() > shard.table_limit) {
       shard.entries.find(shard.table_lru.back())->second.table.reset();
       shard.table_lru.pop_back();
     }
-    shard.policy.Insert(key, flight->use);
+    // A prefetched chunk waits in the scan list (first to go, no ghost)
+    // until a reader uses it; one a reader waited for is in use already.
+    EvictionPolicy::Use use = flight->use;
+    if (flight->traced && flight->demanded.load()) use.scan = false;
+    shard.policy.Insert(key, use);
     shard.size.store(shard.entries.size());
-    auto it = shard.flights.find(key);
-    if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
-    used_bytes_ += rec.length;
-    AddBytes(key.gen, rec.length);
-    index_->Put(key, rec);
+    RetireLocked(shard, flight);
+    AddBytes(key.gen, rec->length);
+    index_->Put(key, *rec);
   }
 }
 
@@ -1041,19 +1278,318 @@ void ChunkCache::ReclaimLocked() {
   pending_free_.erase(keep, pending_free_.end());
 }
 
-void ChunkCache::DropLocked(Shard& shard, const ChunkKey& key, bool to_policy) {
+bool ChunkCache::DropLocked(Shard& shard, const ChunkKey& key, bool to_policy) {
   auto it = shard.entries.find(key);
-  if (it == shard.entries.end()) return;
+  if (it == shard.entries.end()) return false;
   const index::ChunkRecord rec = it->second.rec;
   if (it->second.table) shard.table_lru.erase(it->second.table_it);
   shard.entries.erase(it);
   shard.size.store(shard.entries.size());
   if (to_policy) shard.policy.Erase(key);
-  used_bytes_ -= rec.length;
   AddBytes(key.gen, -static_cast<int64_t>(rec.length));
   const uint64_t seq = index_->Delete(key);
+  if (!Release(rec)) return false;  // other chunks still name the slot
+  used_bytes_ -= rec.length;
   std::lock_guard lock(space_mu_);
   pending_free_.push_back(PendingFree{seq, rec.slot});
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Content addressing
+
+std::optional<index::ChunkRecord> ChunkCache::Adopt(const index::Digest& digest, uint32_t len) {
+  std::lock_guard lock(cas_mu_);
+  auto it = by_digest_.find(digest);
+  if (it == by_digest_.end()) return std::nullopt;
+  SlotUse& use = slot_use_[it->second];
+  if (use.length != len || use.refs == 0) return std::nullopt;
+  ++use.refs;
+  return index::ChunkRecord{it->second, use.length, use.table_hash, digest};
+}
+
+bool ChunkCache::Release(const index::ChunkRecord& rec) {
+  std::lock_guard lock(cas_mu_);
+  SlotUse& use = slot_use_[rec.slot];
+  if (use.refs > 1) {
+    --use.refs;
+    return false;
+  }
+  if (use.shareable) {
+    auto it = by_digest_.find(use.digest);
+    if (it != by_digest_.end() && it->second == rec.slot) by_digest_.erase(it);
+  }
+  use = SlotUse{};
+  return true;
+}
+
+void ChunkCache::Unshare(const index::ChunkRecord& rec) {
+  std::lock_guard lock(cas_mu_);
+  SlotUse& use = slot_use_[rec.slot];
+  if (!use.shareable || use.digest != rec.digest) return;
+  auto it = by_digest_.find(use.digest);
+  if (it != by_digest_.end() && it->second == rec.slot) by_digest_.erase(it);
+  use.shareable = false;
+}
+
+std::optional<index::Digest> ChunkCache::ManifestDigest(const ChunkKey& key) const {
+  std::shared_lock lock(manifest_mu_);
+  auto it = manifests_.find(key.gen);
+  if (it == manifests_.end() || key.chunk >= it->second->digests.size()) return std::nullopt;
+  return it->second->digests[key.chunk];
+}
+
+ChunkCache::Reuse ChunkCache::ReuseLocked(Shard& shard, const ChunkKey& key, uint32_t len,
+                                          const EvictionPolicy::Use& use) {
+  Reuse reuse;
+  reuse.digest = ManifestDigest(key);
+  if (!reuse.digest) return reuse;
+  auto rec = Adopt(*reuse.digest, len);
+  if (!rec) {
+    {
+      // Not stored, but maybe on its way for another file (a full clone
+      // booting beside its template): one fetch for both.
+      std::lock_guard lock(cas_mu_);
+      auto f = digest_flights_.find(*reuse.digest);
+      if (f != digest_flights_.end() && f->second->chunk_len == len &&
+          f->second->state.load() != Flight::kFailed) {
+        reuse.join = f->second;
+      }
+    }
+    (reuse.join ? m_->manifest_hits : m_->manifest_misses).Add();
+    return reuse;
+  }
+  reuse.rec = rec;
+  m_->manifest_hits.Add();
+  m_->reused_manifest.Add();
+  m_->reused_manifest_bytes.Add(len);
+  Entry& e = shard.entries[key];
+  e.rec = *rec;
+  shard.policy.Insert(key, use);
+  shard.size.store(shard.entries.size());
+  AddBytes(key.gen, rec->length);
+  index_->Put(key, *rec);  // durable after the store's sync, like any other
+  return reuse;
+}
+
+bool ChunkCache::AttachManifest(GenerationId gen, std::shared_ptr<const index::Manifest> manifest) {
+  auto key = index_->GenerationOf(gen);
+  if (!manifest || !key || !manifest->Describes(*key, chunk_size_)) return false;
+  std::unique_lock lock(manifest_mu_);
+  if (distrusted_.count(gen)) return false;
+  manifests_[gen] = std::move(manifest);
+  return true;
+}
+
+bool ChunkCache::HasManifest(GenerationId gen) const {
+  std::shared_lock lock(manifest_mu_);
+  return manifests_.count(gen) != 0;
+}
+
+bool ChunkCache::ManifestDistrusted(GenerationId gen) const {
+  std::shared_lock lock(manifest_mu_);
+  return distrusted_.count(gen) != 0;
+}
+
+void ChunkCache::Distrust(const ChunkKey& key, const index::Digest& got) {
+  std::optional<index::Digest> listed;
+  {
+    std::unique_lock lock(manifest_mu_);
+    auto it = manifests_.find(key.gen);
+    if (it == manifests_.end()) return;  // distrusted meanwhile
+    if (key.chunk < it->second->digests.size()) listed = it->second->digests[key.chunk];
+    manifests_.erase(it);
+    distrusted_.insert(key.gen);
+  }
+  m_->manifest_distrusts.Add();
+  // What the manifest let this generation name may be other bytes: drop
+  // all of it (chunks being read keep their slots until their reads end);
+  // from now on every miss of the generation reads the datastore.
+  size_t dropped = 0;
+  for (auto& shard : shards_) {
+    std::lock_guard lock(shard->mu);
+    std::vector<ChunkKey> victims;
+    for (const auto& [k, entry] : shard->entries) {
+      if (k.gen == key.gen && k != key) victims.push_back(k);
+    }
+    for (const ChunkKey& k : victims) DropLocked(*shard, k, true);
+    dropped += victims.size();
+  }
+  index_->RequestCommit();
+  auto gen_key = index_->GenerationOf(key.gen);
+  spdlog::error(
+      "{}: its manifest says chunk {} has digest {}, the datastore's bytes have {}: the manifest "
+      "is wrong or the file changed without its size, mtime or ctime showing it. Not using the "
+      "manifest for generation {} on this host any more; dropped its {} cached chunk(s). "
+      "Publish the file again (goldcache publish) once it is final.",
+      gen_key ? gen_key->path : std::to_string(key.gen), key.chunk,
+      listed ? index::DigestHex(*listed) : "(none)", index::DigestHex(got), key.gen, dropped);
+}
+
+// ---------------------------------------------------------------------------
+// Boot traces
+
+void ChunkCache::RecordTrace(GenerationId gen) {
+  {
+    std::shared_lock lock(trace_mu_);
+    if (recording_.count(gen)) return;
+  }
+  auto saved = index_->GetMeta(kTraceMetaPrefix + std::to_string(gen));
+  if (!saved.ok() || saved->has_value()) return;  // traced before (or the index cannot say)
+  std::unique_lock lock(trace_mu_);
+  if (recording_.emplace(gen, std::make_shared<TraceRecorder>()).second) {
+    recording_count_.store(recording_.size());
+  }
+}
+
+void ChunkCache::NoteFirstRead(GenerationId gen, uint64_t first, uint64_t last) {
+  std::shared_ptr<TraceRecorder> rec;
+  {
+    std::shared_lock lock(trace_mu_);
+    auto it = recording_.find(gen);
+    if (it == recording_.end()) return;
+    rec = it->second;
+  }
+  std::vector<uint64_t> finished;
+  {
+    std::lock_guard lock(rec->mu);
+    if (rec->closed) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!rec->started) {
+      rec->started = true;
+      rec->start = now;
+    }
+    if (now - rec->start <= options_.trace_window && rec->order.size() < TraceLimit()) {
+      for (uint64_t c = first; c <= last && rec->order.size() < TraceLimit(); ++c) {
+        if (rec->seen.insert(c).second) rec->order.push_back(c);
+      }
+      return;
+    }
+    rec->closed = true;  // the boot is over: save what it read
+    finished = std::move(rec->order);
+  }
+  {
+    std::unique_lock lock(trace_mu_);
+    recording_.erase(gen);
+    recording_count_.store(recording_.size());
+  }
+  // A synced RocksDB write: not on the reader's thread (invariant 7).
+  if (!stopping_.load()) {
+    pool_->SubmitPrefetch([this, gen, trace = std::move(finished)] { SaveTrace(gen, trace); });
+  }
+}
+
+size_t ChunkCache::TraceLimit() const {
+  return std::max<size_t>(1, capacity_bytes() / chunk_size_ / 2);
+}
+
+void ChunkCache::SaveTrace(GenerationId gen, const std::vector<uint64_t>& trace) {
+  if (trace.empty()) return;
+  Status st = index_->PutMeta(kTraceMetaPrefix + std::to_string(gen), index::EncodeTrace(trace));
+  if (!st.ok()) {
+    spdlog::warn("cache: saving the boot trace of generation {}: {}", gen, st.ToString());
+    return;
+  }
+  m_->traces_recorded.Add();
+  spdlog::info("cache: recorded the boot trace of generation {}: {} chunk(s)", gen, trace.size());
+}
+
+void ChunkCache::SaveTraces() {
+  std::unordered_map<GenerationId, std::shared_ptr<TraceRecorder>> all;
+  {
+    std::unique_lock lock(trace_mu_);
+    all.swap(recording_);
+    recording_count_.store(0);
+  }
+  for (auto& [gen, rec] : all) {
+    std::vector<uint64_t> order;
+    {
+      std::lock_guard lock(rec->mu);
+      rec->closed = true;
+      order = std::move(rec->order);
+    }
+    SaveTrace(gen, order);
+  }
+}
+
+std::vector<uint64_t> ChunkCache::TraceOf(GenerationId gen) const {
+  {
+    std::shared_lock lock(trace_mu_);
+    if (auto it = recording_.find(gen); it != recording_.end()) {
+      std::lock_guard rec_lock(it->second->mu);
+      return it->second->order;
+    }
+  }
+  auto saved = index_->GetMeta(kTraceMetaPrefix + std::to_string(gen));
+  if (saved.ok() && saved->has_value()) {
+    if (auto trace = index::DecodeTrace(**saved)) return *trace;
+  }
+  // Else the one its manifest carries (another host's first boots).
+  std::shared_lock lock(manifest_mu_);
+  if (auto it = manifests_.find(gen); it != manifests_.end()) return it->second->trace;
+  return {};
+}
+
+void ChunkCache::PrefetchTrace(GenerationId gen, uint64_t file_size, std::vector<uint64_t> trace,
+                               std::shared_ptr<ChunkSource> source) {
+  if (trace.empty() || source == nullptr || stopping_.load()) return;
+  // What the cache cannot keep would only push out what it holds.
+  if (trace.size() > TraceLimit()) trace.resize(TraceLimit());
+  auto job = std::make_shared<TracePrefetch>();
+  job->gen = gen;
+  job->file_size = file_size;
+  job->trace = std::move(trace);
+  job->source = std::move(source);
+  {
+    std::unique_lock lock(trace_mu_);
+    if (!prefetching_.emplace(gen, job).second) return;  // one runs already
+  }
+  PumpTrace(job);
+}
+
+void ChunkCache::PumpTrace(const std::shared_ptr<TracePrefetch>& job) {
+  const uint64_t chunks = (job->file_size + chunk_size_ - 1) / chunk_size_;
+  // Into the scan list until a reader uses them (see Store): a trace
+  // fetched for nobody must not leave ghosts that promote a later sweep.
+  const EvictionPolicy::Use use = UseOf(nullptr, true);
+  for (;;) {
+    std::shared_ptr<Flight> flight;
+    {
+      std::lock_guard lock(job->mu);
+      if (job->running >= std::max(1u, options_.max_prefetch)) return;
+      while (!flight && job->next < job->trace.size() && !stopping_.load()) {
+        const uint64_t c = job->trace[job->next++];
+        if (c < chunks) {
+          flight = StartFetch(ChunkKey{job->gen, c}, job->file_size, use, true, /*traced=*/true);
+        }
+      }
+      if (!flight) {
+        if (job->running > 0) return;  // the last one to finish ends the job
+        std::unique_lock trace_lock(trace_mu_);
+        auto it = prefetching_.find(job->gen);
+        if (it != prefetching_.end() && it->second == job) prefetching_.erase(it);
+        return;
+      }
+      ++job->running;
+    }
+    auto task = pool_->SubmitPrefetch([this, flight, job] {
+      if (stopping_.load() && !flight->demanded.load()) {
+        flight->status = Status::Error(Code::kAborted, "shutting down");
+        Finish(flight);
+      } else {
+        Fetch(flight, *job->source);
+        if (flight->status.ok()) m_->prefetch_bytes.Add(flight->chunk_len);
+      }
+      {
+        std::lock_guard lock(job->mu);
+        --job->running;
+      }
+      PumpTrace(job);
+    });
+    Shard& shard = ShardOf(flight->key);
+    std::lock_guard lock(shard.mu);
+    flight->task = std::move(task);
+  }
 }
 
 size_t ChunkCache::EvictSome(size_t n, bool even_pinned) {
@@ -1067,7 +1603,10 @@ size_t ChunkCache::EvictSome(size_t n, bool even_pinned) {
     return shards_[a]->size.load() > shards_[b]->size.load();
   });
   const size_t per_shard = std::max<size_t>(1, (n + nshards - 1) / nshards);
-  for (int pass = 0; pass < 2 && evicted < n; ++pass) {
+  // A victim whose slot other chunks share frees nothing yet: more passes.
+  size_t dropped = 0;
+  for (int pass = 0; pass < 4 && evicted < n; ++pass) {
+    size_t dropped_before = dropped;
     for (size_t i : order) {
       if (evicted >= n) break;
       Shard& shard = *shards_[i];
@@ -1078,11 +1617,12 @@ size_t ChunkCache::EvictSome(size_t n, bool even_pinned) {
             return slot_pins_[shard.entries.at(key).rec.slot].load() == 0 &&
                    (even_pinned || !pinned_.count(key.gen));
           });
-      for (const ChunkKey& key : victims) DropLocked(shard, key, false);
-      evicted += victims.size();
+      for (const ChunkKey& key : victims) evicted += DropLocked(shard, key, false) ? 1 : 0;
+      dropped += victims.size();
     }
+    if (dropped == dropped_before && pass > 0) break;  // nothing left to take
   }
-  m_->evictions.Add(evicted);
+  m_->evictions.Add(dropped);
   return evicted;
 }
 
@@ -1299,9 +1839,21 @@ Result<ChunkCache::CheckReport> ChunkCache::Check(
 
 Result<ChunkCache::WarmReport> ChunkCache::Warm(
     GenerationId gen, uint64_t file_size, ChunkSource& source, unsigned parallel, uint64_t rate,
-    const std::function<bool(uint64_t, uint64_t)>& progress) {
+    const std::function<bool(uint64_t, uint64_t)>& progress, const std::vector<uint64_t>* only) {
   WarmReport report;
-  const uint64_t chunks = (file_size + chunk_size_ - 1) / chunk_size_;
+  const uint64_t file_chunks = (file_size + chunk_size_ - 1) / chunk_size_;
+  std::vector<uint64_t> order;
+  if (only != nullptr) {
+    for (uint64_t c : *only) {
+      if (c < file_chunks) order.push_back(c);
+    }
+  }
+  const uint64_t chunks = only != nullptr ? order.size() : file_chunks;
+  uint64_t total = 0;
+  for (uint64_t i = 0; i < chunks; ++i) {
+    const uint64_t c = only != nullptr ? order[i] : i;
+    total += std::min<uint64_t>(chunk_size_, file_size - c * chunk_size_);
+  }
   const EvictionPolicy::Use use = UseOf(nullptr, false);        // wanted: probation, not a sweep
   std::deque<std::pair<std::shared_ptr<Flight>, bool>> window;  // (flight, we lead it)
   const auto start = std::chrono::steady_clock::now();
@@ -1317,7 +1869,8 @@ Result<ChunkCache::WarmReport> ChunkCache::Warm(
     if (flight->state.load() == Flight::kFailed && result.ok()) result = flight->status;
     if (led && flight->state.load() == Flight::kReady) report.from_datastore += flight->chunk_len;
   };
-  for (uint64_t c = 0; c < chunks && result.ok(); ++c) {
+  for (uint64_t i = 0; i < chunks && result.ok(); ++i) {
+    const uint64_t c = only != nullptr ? order[i] : i;
     const ChunkKey key{gen, c};
     const uint64_t len = std::min<uint64_t>(chunk_size_, file_size - c * chunk_size_);
     std::shared_ptr<Flight> flight;
@@ -1330,15 +1883,15 @@ Result<ChunkCache::WarmReport> ChunkCache::Warm(
       } else if (auto f = shard.flights.find(key); f != shard.flights.end()) {
         flight = f->second;
         flight->demanded.store(true);
+      } else if (Reuse reuse = ReuseLocked(shard, key, static_cast<uint32_t>(len), use);
+                 reuse.rec) {
+        report.reused += len;
       } else {
-        flight = std::make_shared<Flight>(*buffers_);
-        flight->key = key;
-        flight->chunk_start = c * chunk_size_;
-        flight->chunk_len = static_cast<uint32_t>(len);
-        flight->use = use;
-        flight->demanded.store(true);
+        // (Another file's fetch of the content is not joined: warm wants
+        // this file's chunks stored under it, and its own errors.)
+        flight = NewFlightLocked(shard, key, static_cast<uint32_t>(len), use, false, false,
+                                 reuse.digest);
         flight->task = pool_->Submit([this, flight, &source] { Fetch(flight, source); });
-        shard.flights.emplace(key, flight);
         led = true;
       }
     }
@@ -1351,9 +1904,9 @@ Result<ChunkCache::WarmReport> ChunkCache::Warm(
                       std::chrono::duration<double>(static_cast<double>(report.bytes) / rate)));
     }
     const auto now = std::chrono::steady_clock::now();
-    if (progress && (now - last_report > std::chrono::milliseconds(200) || c + 1 == chunks)) {
+    if (progress && (now - last_report > std::chrono::milliseconds(200) || i + 1 == chunks)) {
       last_report = now;
-      if (!progress(report.bytes, file_size)) {
+      if (!progress(report.bytes, total)) {
         result = Status::Error(Code::kAborted, "warm stopped");
       }
     }

@@ -36,6 +36,21 @@
 //  - When the local store cannot take a chunk (disk full, all slots busy,
 //    the write-behind queue full), or the source says its bytes are not yet
 //    cacheable, the read is still served, uncached, and counted.
+//  - Content addressing: every stored chunk has a SHA-256 digest (in its
+//    index record), and the store holds each distinct content once: a chunk
+//    whose digest is already stored (a full clone's, an unchanged chunk of a
+//    patched template) names the same slot, which goes only when the last
+//    chunk naming it does. With a manifest attached to a generation
+//    (index/manifest.h), a miss whose manifest digest is stored is served
+//    from that slot without reading the datastore; every chunk fetched for
+//    that generation is checked against the manifest, and one mismatch
+//    distrusts it (detached for good, the generation's chunks dropped,
+//    counted and logged). Chunks of a superseded generation leave first.
+//  - Boot traces: the order of a generation's first reads is recorded
+//    (while asked, for trace_window after its first read) and kept in the
+//    index; PrefetchTrace fetches along a trace ahead of the readers, at
+//    most max_prefetch at a time and only while no reader's fetch waits
+//    (cache/fetch_pool.h), so it never delays a demand miss.
 //
 // Thread safety: all methods are safe to call concurrently.
 #pragma once
@@ -61,6 +76,7 @@
 #include "cache/eviction.h"
 #include "cache/fetch_pool.h"
 #include "index/chunk_index.h"
+#include "index/manifest.h"
 #include "io/file.h"
 #include "metrics/metrics.h"
 #include "util/status.h"
@@ -95,6 +111,9 @@ struct CacheOptions {
   unsigned readahead_chunks = 4;              // how far a sequential run fetches ahead
   uint64_t write_behind_bytes = 64ull << 20;  // fetched chunks waiting to be stored
   uint64_t table_cache_bytes = 64ull << 20;   // verified checksum tables kept in RAM
+  // How long after a generation's first read its first reads count as its
+  // boot (RecordTrace).
+  std::chrono::milliseconds trace_window{std::chrono::seconds(60)};
 };
 
 // How one read was served, for the caller's per-source accounting.
@@ -147,8 +166,37 @@ class ChunkCache {
   ChunkCache(const ChunkCache&) = delete;
   ChunkCache& operator=(const ChunkCache&) = delete;
 
-  // See index::ChunkIndex::BindGeneration.
+  // See index::ChunkIndex::BindGeneration. When the path had another current
+  // generation, that one's chunks become the first to be evicted (those
+  // that the new generation shares by digest stay, with the new one).
   Result<index::GenerationBinding> BindGeneration(const index::GenerationKey& key);
+
+  // Content addressing. Attaches `manifest` to `gen` (whose key it must
+  // describe; see Manifest::Describes): from now on misses of `gen` whose
+  // digest is stored are served without the datastore. False (nothing
+  // attached) when it does not describe gen, or gen distrusted a manifest
+  // before. Replaces a manifest attached earlier.
+  bool AttachManifest(GenerationId gen, std::shared_ptr<const index::Manifest> manifest);
+  bool HasManifest(GenerationId gen) const;
+  bool ManifestDistrusted(GenerationId gen) const;
+
+  // Boot traces. RecordTrace starts recording the chunks of `gen` in the
+  // order they are first read (reads of a sweep excepted), for trace_window
+  // after the first read and up to half the cache's chunks (a no-op when gen
+  // has a trace or records already); the trace is saved in
+  // the index when the window closes (and at shutdown). TraceOf: gen's
+  // trace, being recorded or saved on this host, else the one its attached
+  // manifest carries (empty when none).
+  void RecordTrace(GenerationId gen);
+  std::vector<uint64_t> TraceOf(GenerationId gen) const;
+  // Fetches the chunks of `trace` not cached yet, in order (its first half
+  // cache's worth), at most max_prefetch at a time, only while no demand
+  // fetch waits. They are the first to be evicted until a reader uses them. `source` is
+  // kept until the last is fetched. A no-op while one runs for gen already.
+  void PrefetchTrace(GenerationId gen, uint64_t file_size, std::vector<uint64_t> trace,
+                     std::shared_ptr<ChunkSource> source);
+  // Saves every trace still being recorded (tests, shutdown).
+  void SaveTraces();
 
   // Copies [offset, offset + out.size()) of generation `gen`, whose file is
   // `file_size` bytes, into `out`. Short only at end of file. Misses read from
@@ -162,13 +210,16 @@ class ChunkCache {
   // Reads the whole generation through the cache with `parallel` fetches in
   // flight (goldcache warm). `progress(done, total)` is called now and then
   // from this thread; returning false stops. `rate` bytes/s, 0: unlimited.
+  // `only` (may be null): just these chunks, in this order (a boot trace).
   struct WarmReport {
     uint64_t bytes = 0;           // of the generation, read through the cache
     uint64_t from_datastore = 0;  // of which fetched now
+    uint64_t reused = 0;          // of which found by digest (another file's or generation's)
   };
   Result<WarmReport> Warm(GenerationId gen, uint64_t file_size, ChunkSource& source,
                           unsigned parallel, uint64_t rate,
-                          const std::function<bool(uint64_t, uint64_t)>& progress);
+                          const std::function<bool(uint64_t, uint64_t)>& progress,
+                          const std::vector<uint64_t>* only = nullptr);
 
   // Commits index changes now (tests, clean shutdown).
   Status FlushIndex();
@@ -216,8 +267,8 @@ class ChunkCache {
   // Bytes of local disk one cached chunk may take (data and checksums).
   uint64_t slot_bytes() const { return store_->stride(); }
   uint64_t capacity_bytes() const;  // chunk bytes in slots not lent
-  uint64_t used_bytes() const;      // chunk bytes cached
-  uint64_t cached_bytes_of(GenerationId gen) const;
+  uint64_t used_bytes() const;      // chunk bytes stored (each distinct content once)
+  uint64_t cached_bytes_of(GenerationId gen) const;  // of gen's chunks, shared or not
   bool recovered_from_crash() const { return recovered_from_crash_; }
   // Which eviction list a cached chunk is in, and its record (tests,
   // introspection).
@@ -231,6 +282,9 @@ class ChunkCache {
   struct Shard;
   struct Metrics;
   struct StoreJob;
+  struct SlotUse;
+  struct TraceRecorder;
+  struct TracePrefetch;
   // A part of a Read: one chunk's range and how it will be served.
   struct Piece;
 
@@ -255,9 +309,47 @@ class ChunkCache {
   void Readahead(GenerationId gen, uint64_t file_size, uint64_t next_chunk, ReadStream& stream,
                  const ReadStream::Run& run, const std::shared_ptr<ChunkSource>& source);
   // Publishes a flight for `key` nobody waits for yet (readahead); null when
-  // it is cached or already in flight.
+  // it is cached (or found by digest) or already in flight.
   std::shared_ptr<Flight> StartFetch(const ChunkKey& key, uint64_t file_size,
-                                     const EvictionPolicy::Use& use, bool prefetch);
+                                     const EvictionPolicy::Use& use, bool prefetch,
+                                     bool traced = false);
+
+  // Content addressing. REQUIRES: shard lock held, key neither cached nor in
+  // flight. When gen's manifest names a digest the store holds, makes `key`
+  // an entry naming that slot (rec; the slot not pinned); else when a fetch
+  // of another file brings that digest, that flight (join).
+  struct Reuse {
+    std::optional<index::ChunkRecord> rec;
+    std::shared_ptr<Flight> join;
+    std::optional<index::Digest> digest;  // the manifest's, if any
+  };
+  Reuse ReuseLocked(Shard& shard, const ChunkKey& key, uint32_t len,
+                    const EvictionPolicy::Use& use);
+  // REQUIRES: shard lock held. A new flight for `key`, published (and, with
+  // `expected`, findable by that digest).
+  std::shared_ptr<Flight> NewFlightLocked(Shard& shard, const ChunkKey& key, uint32_t len,
+                                          const EvictionPolicy::Use& use, bool prefetch,
+                                          bool traced,
+                                          const std::optional<index::Digest>& expected);
+  // REQUIRES: shard lock held. The flight is no longer findable.
+  void RetireLocked(Shard& shard, const std::shared_ptr<Flight>& flight);
+  // A reference to the slot holding `digest`, if any.
+  std::optional<index::ChunkRecord> Adopt(const index::Digest& digest, uint32_t len);
+  // Gives up one reference to rec's slot; true when it was the last (the
+  // slot is then free once its delete is durable).
+  bool Release(const index::ChunkRecord& rec);
+  // A damaged slot: no new chunk may adopt it.
+  void Unshare(const index::ChunkRecord& rec);
+  // The manifest digest of `key`, if gen has a manifest.
+  std::optional<index::Digest> ManifestDigest(const ChunkKey& key) const;
+  // A fetched chunk of `gen` disagreed with its manifest.
+  void Distrust(const ChunkKey& key, const index::Digest& got);
+  // A reader's read of chunks [first, last] (not noted for a sweep).
+  void NoteFirstRead(GenerationId gen, uint64_t first_chunk, uint64_t last_chunk);
+  void SaveTrace(GenerationId gen, const std::vector<uint64_t>& trace);
+  // Chunks a trace holds at most: half the cache (a boot set it can keep).
+  size_t TraceLimit() const;
+  void PumpTrace(const std::shared_ptr<TracePrefetch>& job);
 
   // Queues a fetched chunk for storing; false when the queue is still full
   // after waiting `wait` for room (max(): as long as it takes).
@@ -267,11 +359,13 @@ class ChunkCache {
 
   // Space.
   std::optional<uint64_t> AllocateSlot();
-  // Evicts up to `n` chunks across shards, oldest first in each; pinned
-  // generations only with `even_pinned`. Returns how many were evicted.
+  // Evicts chunks across shards, oldest first in each, until `n` slots are
+  // freed (or nothing more can go); pinned generations only with
+  // `even_pinned`. Returns the slots freed.
   size_t EvictSome(size_t n, bool even_pinned);
-  // REQUIRES: shard lock held. Removes the entry, queues its delete.
-  void DropLocked(Shard& shard, const ChunkKey& key, bool to_policy);
+  // REQUIRES: shard lock held. Removes the entry, queues its delete;
+  // true when that freed its slot (no other chunk shares it).
+  bool DropLocked(Shard& shard, const ChunkKey& key, bool to_policy);
   void ReclaimLocked();  // REQUIRES: space_mu_ held
   size_t LowWatermark() const;
   void AddBytes(GenerationId gen, int64_t delta);
@@ -300,6 +394,29 @@ class ChunkCache {
   std::vector<uint64_t> lent_list_;        // GUARDED_BY(space_mu_): which ones
   std::atomic<uint64_t> used_bytes_{0};
   std::atomic<size_t> evict_cursor_{0};
+
+  // Content addressing. Lock order: a shard's mu, manifest_mu_, cas_mu_,
+  // space_mu_.
+  mutable std::mutex cas_mu_;
+  std::vector<SlotUse> slot_use_;  // GUARDED_BY(cas_mu_): per slot
+  std::unordered_map<index::Digest, uint64_t, index::DigestHash> by_digest_;  // GUARDED_BY(cas_mu_)
+  // Flights whose manifest digest is known: misses of other files with that
+  // digest join them.
+  std::unordered_map<index::Digest, std::shared_ptr<Flight>, index::DigestHash>
+      digest_flights_;  // GUARDED_BY(cas_mu_)
+  mutable std::shared_mutex manifest_mu_;
+  std::unordered_map<GenerationId, std::shared_ptr<const index::Manifest>>
+      manifests_;                                // GUARDED_BY(manifest_mu_)
+  std::unordered_set<GenerationId> distrusted_;  // GUARDED_BY(manifest_mu_)
+
+  // Boot traces.
+  mutable std::shared_mutex trace_mu_;
+  std::unordered_map<GenerationId, std::shared_ptr<TraceRecorder>>
+      recording_;                           // GUARDED_BY(trace_mu_)
+  std::atomic<size_t> recording_count_{0};  // recording_.size(), read without the lock
+  std::unordered_map<GenerationId, std::shared_ptr<TracePrefetch>>
+      prefetching_;  // GUARDED_BY(trace_mu_)
+  std::atomic<bool> stopping_{false};
 
   mutable std::mutex gen_mu_;
   std::unordered_map<GenerationId, uint64_t> bytes_by_generation_;  // GUARDED_BY(gen_mu_)

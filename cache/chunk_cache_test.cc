@@ -11,8 +11,10 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <set>
 #include <thread>
 
+#include "index/digest.h"
 #include "io/fault_env.h"
 
 namespace goldcache::cache {
@@ -33,7 +35,12 @@ class CountingSource : public ChunkSource {
     reads.fetch_add(1);
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return open_; });
+      if (held_offsets_.empty() || held_offsets_.count(offset)) {
+        ++waiting_;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return open_; });
+        --waiting_;
+      }
     }
     if (offset >= data_.size()) return size_t{0};
     size_t n = std::min<size_t>(buf.size(), data_.size() - offset - truncate_by);
@@ -44,6 +51,17 @@ class CountingSource : public ChunkSource {
   void Hold() {
     std::lock_guard lock(mu_);
     open_ = false;
+  }
+  // Holds only reads at these offsets (the others pass).
+  void HoldOnly(std::set<uint64_t> offsets) {
+    std::lock_guard lock(mu_);
+    open_ = false;
+    held_offsets_ = std::move(offsets);
+  }
+  // Until `n` reads wait at the gate.
+  void WaitHeld(int n) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return waiting_ >= n; });
   }
   void Release() {
     {
@@ -62,6 +80,8 @@ class CountingSource : public ChunkSource {
   std::mutex mu_;
   std::condition_variable cv_;
   bool open_ = true;
+  std::set<uint64_t> held_offsets_;
+  int waiting_ = 0;
 };
 
 std::vector<char> RandomBytes(size_t n, uint32_t seed) {
@@ -623,6 +643,363 @@ TEST_F(ChunkCacheTest, PinnedGenerationSurvivesAScanAndARestart) {
   boot.reads = 0;
   ReadAllAndCheck(*cache, Bind(*cache, boot.data().size(), 1), boot);
   EXPECT_EQ(boot.reads.load(), 0u);
+}
+
+// ---------------------------------------------------------------------------
+// Content addressing and boot traces
+
+index::GenerationKey KeyOf(const std::string& path, uint64_t size, int64_t mtime = 1) {
+  return index::GenerationKey{path, size, mtime, 1, 1};
+}
+
+// What `goldcache publish` would write for `data` as generation `key`.
+std::shared_ptr<const index::Manifest> ManifestFor(const std::vector<char>& data,
+                                                   const index::GenerationKey& key) {
+  auto m = std::make_shared<index::Manifest>();
+  m->chunk_size = kChunk;
+  m->size = key.size;
+  m->mtime_ns = key.mtime_ns;
+  m->ctime_ns = key.ctime_ns;
+  m->ino = key.ino;
+  for (uint64_t off = 0; off < data.size(); off += kChunk) {
+    m->digests.push_back(index::ComputeDigest(
+        std::span<const char>(data.data() + off, std::min<size_t>(kChunk, data.size() - off))));
+  }
+  return m;
+}
+
+// A patched copy: `chunks` chunks of `base` rewritten.
+std::vector<char> Patched(std::vector<char> base, const std::vector<uint64_t>& chunks) {
+  for (uint64_t c : chunks) {
+    auto fresh = RandomBytes(kChunk, 1000 + static_cast<uint32_t>(c));
+    std::memcpy(base.data() + c * kChunk, fresh.data(),
+                std::min<size_t>(kChunk, base.size() - c * kChunk));
+  }
+  return base;
+}
+
+TEST_F(ChunkCacheTest, AFullCloneIsStoredOnceAndOutlivesItsTemplate) {
+  metrics::Registry reg, reg2;  // before the cache: it outlives it
+  auto cache = OpenCache(reg);
+  CountingSource tmpl(RandomBytes(8 * kChunk + 100, 41));
+  CountingSource clone(tmpl.data());
+  const GenerationId a = cache->BindGeneration(KeyOf("ds:t.img", tmpl.data().size()))->id;
+  const GenerationId b = cache->BindGeneration(KeyOf("ds:clone.img", tmpl.data().size()))->id;
+  ReadAllAndCheck(*cache, a, tmpl);
+  ReadAllAndCheck(*cache, b, clone);  // no manifest: fetched, but not stored again
+  EXPECT_EQ(cache->used_bytes(), tmpl.data().size());
+  EXPECT_EQ(cache->cached_bytes_of(b), tmpl.data().size());
+  for (uint64_t c = 0; c < 9; ++c) EXPECT_EQ(SlotOf(*cache, a, c), SlotOf(*cache, b, c));
+  EXPECT_EQ(reg.GetCounter("goldcache_cache_reused_chunks_total", "", {{"by", "store"}}).Value(),
+            9u);
+
+  // The slots stay while the clone names them, through a restart too.
+  cache->Evict(a);
+  EXPECT_EQ(cache->used_bytes(), tmpl.data().size());
+  cache.reset();
+  cache = OpenCache(reg2);
+  const uint64_t reads = clone.reads.load();
+  ReadAllAndCheck(*cache, b, clone, 4096);
+  EXPECT_EQ(clone.reads.load(), reads);
+  cache->Evict(b);
+  cache->FlushIndex();
+  EXPECT_EQ(cache->used_bytes(), 0u);
+}
+
+TEST_F(ChunkCacheTest, AfterACrashASharedSlotIsProvedOnceAndKeepsServingBoth) {
+  metrics::Registry reg, reg2;  // before the cache: it outlives it
+  auto cache = OpenCache(reg);
+  CountingSource tmpl(RandomBytes(4 * kChunk, 42));
+  CountingSource clone(tmpl.data());
+  const GenerationId a = cache->BindGeneration(KeyOf("ds:t.img", tmpl.data().size()))->id;
+  const GenerationId b = cache->BindGeneration(KeyOf("ds:clone.img", tmpl.data().size()))->id;
+  ReadAllAndCheck(*cache, a, tmpl);
+  ReadAllAndCheck(*cache, b, clone);
+  ASSERT_TRUE(cache->FlushIndex().ok());
+  const uint64_t shared_slot = SlotOf(*cache, a, 2);
+  cache.reset();
+  // A crash: the marker stays; and one shared slot's data is damaged.
+  std::ofstream(dir_ + "/cache/" + ChunkCache::kRunningMarker).put('x');
+  {
+    std::fstream f(dir_ + "/cache/" + ChunkStore::kFileName,
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(shared_slot * kSlot + kMeta + 100));
+    f.put('\x5a');
+  }
+  cache = OpenCache(reg2);
+  ASSERT_TRUE(cache->recovered_from_crash());
+  EXPECT_FALSE(cache->RecordOf(ChunkKey{a, 2}).has_value());
+  EXPECT_FALSE(cache->RecordOf(ChunkKey{b, 2}).has_value());
+  EXPECT_EQ(Counter(reg2, "goldcache_cache_recovery_dropped_total"), 2u);
+  EXPECT_EQ(cache->used_bytes(), 3u * kChunk);
+  const uint64_t reads = tmpl.reads.load() + clone.reads.load();
+  ReadAllAndCheck(*cache, a, tmpl);
+  ReadAllAndCheck(*cache, b, clone);
+  EXPECT_EQ(tmpl.reads.load() + clone.reads.load(), reads + 2);  // chunk 2 of each
+}
+
+TEST_F(ChunkCacheTest, ADamagedSharedSlotIsNeverAdoptedAgain) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource tmpl(RandomBytes(2 * kChunk, 43));
+  CountingSource clone(tmpl.data());
+  const GenerationId a = cache->BindGeneration(KeyOf("ds:t.img", tmpl.data().size()))->id;
+  const GenerationId b = cache->BindGeneration(KeyOf("ds:clone.img", tmpl.data().size()))->id;
+  ReadAllAndCheck(*cache, a, tmpl);
+  ReadAllAndCheck(*cache, b, clone);
+  const uint64_t slot = SlotOf(*cache, a, 0);
+  {
+    std::fstream f(dir_ + "/cache/" + ChunkStore::kFileName,
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(slot * kSlot + kMeta + 5));
+    f.put('\x5a');
+  }
+  // Each chunk naming the slot fails, drops it and refetches: the refetched
+  // bytes go to a new slot, which the other then names.
+  ReadAllAndCheck(*cache, a, tmpl);
+  EXPECT_NE(SlotOf(*cache, a, 0), slot);
+  ReadAllAndCheck(*cache, b, clone);
+  EXPECT_EQ(Counter(reg, "goldcache_cache_checksum_failures_total"), 2u);  // one per chunk
+  EXPECT_EQ(SlotOf(*cache, a, 0), SlotOf(*cache, b, 0));
+  const uint64_t reads = clone.reads.load();
+  ReadAllAndCheck(*cache, b, clone);
+  EXPECT_EQ(clone.reads.load(), reads);
+}
+
+// A published template and its published full clone, both cold, read the
+// same chunk at once: the clone's reader waits for the template's fetch
+// (or, had it come later, adopts what it stored): one datastore read.
+TEST_F(ChunkCacheTest, ATemplateAndItsCloneMissingTogetherCostOneDatastoreRead) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  CountingSource tmpl(RandomBytes(4 * kChunk, 51));
+  CountingSource clone(tmpl.data());
+  const uint64_t size = tmpl.data().size();
+  const auto ka = KeyOf("ds:t.img", size), kb = KeyOf("ds:clone.img", size);
+  const GenerationId a = cache->BindGeneration(ka)->id;
+  const GenerationId b = cache->BindGeneration(kb)->id;
+  ASSERT_TRUE(cache->AttachManifest(a, ManifestFor(tmpl.data(), ka)));
+  ASSERT_TRUE(cache->AttachManifest(b, ManifestFor(clone.data(), kb)));
+  tmpl.HoldOnly({kChunk});
+  std::vector<char> got_a(kChunk), got_b(kChunk);
+  Result<ReadOutcome> ra = Status::Error(Code::kAborted, "not read");
+  Result<ReadOutcome> rb = ra;
+  std::thread ta([&] { ra = cache->Read(a, size, kChunk, got_a, tmpl); });
+  tmpl.WaitHeld(1);  // the template's fetch is at the datastore
+  const uint64_t joins = Counter(reg, "goldcache_cache_single_flight_waits_total");
+  std::thread tb([&] { rb = cache->Read(b, size, kChunk, got_b, clone); });
+  // The clone's reader joins that fetch rather than reading its own file.
+  while (Counter(reg, "goldcache_cache_single_flight_waits_total") == joins) {
+    std::this_thread::yield();
+  }
+  tmpl.Release();
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(ra.ok()) << ra.status().ToString();
+  ASSERT_TRUE(rb.ok()) << rb.status().ToString();
+  EXPECT_EQ(0, std::memcmp(got_a.data(), tmpl.data().data() + kChunk, kChunk));
+  EXPECT_EQ(0, std::memcmp(got_b.data(), clone.data().data() + kChunk, kChunk));
+  EXPECT_EQ(tmpl.reads.load(), 1u);
+  EXPECT_EQ(clone.reads.load(), 0u);
+  cache->WaitIdle();
+  // And from then on the clone's chunk is the template's slot.
+  ASSERT_TRUE(cache->Read(b, size, kChunk, got_b, clone).ok());
+  EXPECT_EQ(clone.reads.load(), 0u);
+  EXPECT_EQ(SlotOf(*cache, a, 1), SlotOf(*cache, b, 1));
+}
+
+// A host that never booted a generation gets its trace from the manifest.
+TEST_F(ChunkCacheTest, AManifestsTraceIsTheTraceOfAGenerationNeverBootedHere) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  std::vector<char> data = RandomBytes(8 * kChunk, 52);
+  const auto key = KeyOf("ds:t.img", data.size());
+  const GenerationId gen = cache->BindGeneration(key)->id;
+  EXPECT_TRUE(cache->TraceOf(gen).empty());
+  auto m = std::make_shared<index::Manifest>(*ManifestFor(data, key));
+  m->trace = {5, 1, 7};
+  ASSERT_TRUE(cache->AttachManifest(gen, m));
+  EXPECT_EQ(cache->TraceOf(gen), (std::vector<uint64_t>{5, 1, 7}));
+}
+
+// Patch day: a cached template, 5 % of its chunks rewritten and published
+// as a new generation: reading all of it costs the datastore only the
+// rewritten chunks, and every byte is the new one.
+TEST_F(ChunkCacheTest, APublishedPatchFetchesOnlyTheChangedChunks) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg, 128 * kChunk);
+  CountingSource v1(RandomBytes(60 * kChunk + 7, 44));
+  const GenerationId g1 = cache->BindGeneration(KeyOf("ds:t.img", v1.data().size(), 1))->id;
+  ReadAllAndCheck(*cache, g1, v1);
+
+  CountingSource v2(Patched(v1.data(), {3, 31, 59}));
+  const auto key2 = KeyOf("ds:t.img", v2.data().size(), 2);
+  const GenerationId g2 = cache->BindGeneration(key2)->id;
+  ASSERT_NE(g1, g2);
+  ASSERT_TRUE(cache->AttachManifest(g2, ManifestFor(v2.data(), key2)));
+  ReadAllAndCheck(*cache, g2, v2, 65536);
+  EXPECT_EQ(v2.bytes.load(), 3u * kChunk);
+  EXPECT_EQ(reg.GetCounter("goldcache_manifest_chunks_total", "", {{"result", "hit"}}).Value(),
+            58u);
+  EXPECT_EQ(reg.GetCounter("goldcache_manifest_chunks_total", "", {{"result", "miss"}}).Value(),
+            3u);
+  EXPECT_EQ(Counter(reg, "goldcache_manifest_distrusts_total"), 0u);
+  // Only the rewritten chunks took new room.
+  EXPECT_EQ(cache->used_bytes(), v1.data().size() + 3u * kChunk);
+  // The superseded generation's chunks are the first to go.
+  EXPECT_EQ(cache->ListOf(ChunkKey{g1, 3}), EvictionPolicy::List::kScan);
+}
+
+TEST_F(ChunkCacheTest, AStaleManifestIsNotAttached) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  std::vector<char> data = RandomBytes(3 * kChunk, 45);
+  const auto key = KeyOf("ds:t.img", data.size(), 7);
+  const GenerationId gen = cache->BindGeneration(key)->id;
+  auto other = key;
+  other.ctime_ns += 1;  // written after publishing
+  EXPECT_FALSE(cache->AttachManifest(gen, ManifestFor(data, other)));
+  EXPECT_FALSE(cache->HasManifest(gen));
+  EXPECT_TRUE(cache->AttachManifest(gen, ManifestFor(data, key)));
+}
+
+// A manifest that lies about one chunk: that chunk is fetched (its digest
+// is not stored), disagrees, and the manifest is distrusted: every byte read
+// is the datastore's, and from then on the generation reads the datastore.
+TEST_F(ChunkCacheTest, ALyingManifestIsDistrustedAndNoWrongByteIsServed) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg, 128 * kChunk);
+  CountingSource v1(RandomBytes(20 * kChunk, 46));
+  const GenerationId g1 = cache->BindGeneration(KeyOf("ds:t.img", v1.data().size(), 1))->id;
+  ReadAllAndCheck(*cache, g1, v1);
+  CountingSource v2(Patched(v1.data(), {4}));
+  const auto key2 = KeyOf("ds:t.img", v2.data().size(), 2);
+  const GenerationId g2 = cache->BindGeneration(key2)->id;
+  auto lie = std::make_shared<index::Manifest>(*ManifestFor(v2.data(), key2));
+  lie->digests[4] = index::ComputeDigest(std::string("not chunk 4"));
+  ASSERT_TRUE(cache->AttachManifest(g2, lie));
+  std::vector<char> buf(kChunk);
+  auto r = cache->Read(g2, v2.data().size(), 4 * kChunk, buf, v2);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(0, std::memcmp(buf.data(), v2.data().data() + 4 * kChunk, kChunk));
+  cache->WaitIdle();  // the digest is compared when the chunk is stored
+  EXPECT_EQ(Counter(reg, "goldcache_manifest_distrusts_total"), 1u);
+  EXPECT_FALSE(cache->HasManifest(g2));
+  EXPECT_TRUE(cache->ManifestDistrusted(g2));
+  EXPECT_FALSE(cache->AttachManifest(g2, ManifestFor(v2.data(), key2)));  // not again
+  ReadAllAndCheck(*cache, g2, v2);
+  EXPECT_EQ(v2.bytes.load(), v2.data().size());  // all of it from the datastore
+}
+
+TEST_F(ChunkCacheTest, WarmSaysHowMuchItReusedAndWarmsOnlyTheBootSetWhenAsked) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg, 128 * kChunk);
+  CountingSource v1(RandomBytes(20 * kChunk, 47));
+  const GenerationId g1 = cache->BindGeneration(KeyOf("ds:t.img", v1.data().size(), 1))->id;
+  std::vector<uint64_t> boot{7, 2, 3};
+  auto w = cache->Warm(g1, v1.data().size(), v1, 4, 0, nullptr, &boot);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->bytes, 3u * kChunk);
+  EXPECT_EQ(v1.bytes.load(), 3u * kChunk);
+  EXPECT_EQ(cache->cached_bytes_of(g1), 3u * kChunk);
+  w = cache->Warm(g1, v1.data().size(), v1, 4, 0, nullptr);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->from_datastore, 17u * kChunk);
+
+  CountingSource v2(Patched(v1.data(), {0}));
+  const auto key2 = KeyOf("ds:t.img", v2.data().size(), 2);
+  const GenerationId g2 = cache->BindGeneration(key2)->id;
+  ASSERT_TRUE(cache->AttachManifest(g2, ManifestFor(v2.data(), key2)));
+  w = cache->Warm(g2, v2.data().size(), v2, 4, 0, nullptr);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->reused, 19u * kChunk);
+  EXPECT_EQ(w->from_datastore, 1u * kChunk);
+  ReadAllAndCheck(*cache, g2, v2);
+  EXPECT_EQ(v2.bytes.load(), 1u * kChunk);
+}
+
+TEST_F(ChunkCacheTest, RecordsTheFirstReadsOfABootInOrderAndKeepsThemAcrossARestart) {
+  metrics::Registry reg, reg2;  // before the cache: it outlives it
+  auto cache = OpenCache(reg);
+  CountingSource src(RandomBytes(16 * kChunk, 48));
+  const GenerationId gen = Bind(*cache, src.data().size());
+  cache->RecordTrace(gen);
+  std::vector<char> buf(8192);
+  for (uint64_t c : {9, 2, 9, 3, 2, 14}) {
+    ASSERT_TRUE(cache->Read(gen, src.data().size(), c * kChunk + 100, buf, src).ok());
+  }
+  // A read across a chunk boundary notes both chunks.
+  ASSERT_TRUE(cache->Read(gen, src.data().size(), 6 * kChunk - 10, buf, src).ok());
+  const std::vector<uint64_t> want{9, 2, 3, 14, 5, 6};
+  EXPECT_EQ(cache->TraceOf(gen), want);
+  cache.reset();  // saves it
+  cache = OpenCache(reg2);
+  EXPECT_EQ(cache->TraceOf(gen), want);
+  cache->RecordTrace(gen);  // traced already: nothing is recorded over it
+  ASSERT_TRUE(cache->Read(gen, src.data().size(), 0, buf, src).ok());
+  EXPECT_EQ(cache->TraceOf(gen), want);
+}
+
+// A boot of a cold generation replayed after its trace was prefetched
+// finds every chunk cached: no demand miss, where the same boot without the
+// prefetch misses every chunk.
+TEST_F(ChunkCacheTest, APrefetchedTraceTurnsABootsMissesIntoHits) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  auto src = std::make_shared<CountingSource>(RandomBytes(32 * kChunk, 49));
+  const uint64_t size = src->data().size();
+  const GenerationId gen = Bind(*cache, size);
+  const std::vector<uint64_t> boot{20, 3, 4, 5, 11, 30, 0, 17};
+  auto replay = [&] {
+    const uint64_t before = Counter(reg, "goldcache_cache_misses_total");
+    std::vector<char> buf(16384);
+    for (uint64_t c : boot) {
+      auto r = cache->Read(gen, size, c * kChunk + 4096, buf, *src);
+      EXPECT_TRUE(r.ok());
+      EXPECT_EQ(0, std::memcmp(buf.data(), src->data().data() + c * kChunk + 4096, buf.size()));
+    }
+    cache->WaitIdle();
+    return Counter(reg, "goldcache_cache_misses_total") - before;
+  };
+  cache->RecordTrace(gen);
+  EXPECT_EQ(replay(), boot.size());  // the first boot: cold, recorded
+  const std::vector<uint64_t> trace = cache->TraceOf(gen);
+  ASSERT_EQ(trace, boot);
+  cache->Evict(gen);
+
+  cache->PrefetchTrace(gen, size, trace, src);
+  cache->WaitIdle();
+  EXPECT_EQ(Counter(reg, "goldcache_cache_prefetch_bytes_total"), boot.size() * kChunk);
+  EXPECT_EQ(replay(), 0u);
+  EXPECT_EQ(Counter(reg, "goldcache_cache_prefetch_in_time_total"), boot.size());
+}
+
+// Prefetch never delays a demand miss: with every prefetch fetch held at
+// the datastore, a reader's miss of another chunk is still served.
+TEST_F(ChunkCacheTest, ATracePrefetchHeldAtTheDatastoreDoesNotDelayADemandMiss) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  auto src = std::make_shared<CountingSource>(RandomBytes(32 * kChunk, 50));
+  const uint64_t size = src->data().size();
+  const GenerationId gen = Bind(*cache, size);
+  std::vector<uint64_t> trace;
+  std::set<uint64_t> held;
+  for (uint64_t c = 0; c < 16; ++c) {
+    trace.push_back(c);
+    held.insert(c * kChunk);
+  }
+  src->HoldOnly(held);
+  cache->PrefetchTrace(gen, size, trace, src);
+  src->WaitHeld(4);  // max_prefetch of them at the datastore, held there
+  std::vector<char> buf(kChunk);
+  for (uint64_t c : {20, 21, 25}) {
+    auto r = cache->Read(gen, size, c * kChunk, buf, *src);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(0, std::memcmp(buf.data(), src->data().data() + c * kChunk, kChunk));
+  }
+  src->Release();
+  cache->WaitIdle();
+  EXPECT_EQ(cache->cached_bytes_of(gen), 19u * kChunk);
 }
 
 }  // namespace

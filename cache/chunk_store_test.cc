@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "cache/checksum.h"
+#include "index/digest.h"
 
 namespace goldcache::cache {
 namespace {
@@ -29,8 +30,10 @@ TEST_F(ChunkStoreTest, WritesAndReadsBackSlotsIndependently) {
   auto store = Open(64 * 1024, 4);
   std::vector<char> a(64 * 1024, 'a'), b(10000, 'b');
   auto ta = ComputeTable(a), tb = ComputeTable(b);
-  ASSERT_TRUE(store->Write(1, {1, 1}, TableHash(ta, {1, 1}, a.size()), a, ta).ok());
-  ASSERT_TRUE(store->Write(3, {1, 3}, TableHash(tb, {1, 3}, b.size()), b, tb).ok());
+  ASSERT_TRUE(
+      store->Write(1, {1, 1}, TableHash(ta, index::ComputeDigest(a), a.size()), a, ta).ok());
+  ASSERT_TRUE(
+      store->Write(3, {1, 3}, TableHash(tb, index::ComputeDigest(b), b.size()), b, tb).ok());
   ASSERT_TRUE(store->Sync().ok());
   std::vector<char> out(8192);
   std::vector<uint32_t> table(tb.size());
@@ -73,12 +76,14 @@ TEST_F(ChunkStoreTest, RejectsOutOfRangeSlots) {
   EXPECT_FALSE(ChunkStore::Open(io::PosixEnv(), dir_, 1000, 2).ok());  // not a 4 KiB multiple
 }
 
-TEST(Checksum, TableHashDependsOnChunkIdentity) {
+TEST(Checksum, TableHashDependsOnContentIdentityAndLength) {
   std::vector<char> d(8192, 'x');
   auto t = ComputeTable(d);
-  EXPECT_NE(TableHash(t, {1, 0}, 8192), TableHash(t, {1, 1}, 8192));
-  EXPECT_NE(TableHash(t, {1, 0}, 8192), TableHash(t, {2, 0}, 8192));
-  EXPECT_NE(TableHash(t, {1, 0}, 8192), TableHash(t, {1, 0}, 8191));
+  const index::Digest a = index::ComputeDigest(std::string("a"));
+  const index::Digest b = index::ComputeDigest(std::string("b"));
+  EXPECT_NE(TableHash(t, a, 8192), TableHash(t, b, 8192));
+  EXPECT_NE(TableHash(t, a, 8192), TableHash(t, a, 8191));
+  EXPECT_EQ(TableHash(t, a, 8192), TableHash(t, a, 8192));
 }
 
 }  // namespace

@@ -72,6 +72,14 @@ void EvictionPolicy::Touch(const index::ChunkKey& key, const Use& use) {
   }
 }
 
+void EvictionPolicy::Retire(const index::ChunkKey& key) {
+  auto it = nodes_.find(key);
+  if (it == nodes_.end()) return;
+  Node& node = it->second;
+  L(List::kScan).splice(L(List::kScan).end(), L(node.list), node.it);
+  node.list = List::kScan;
+}
+
 void EvictionPolicy::Erase(const index::ChunkKey& key) {
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return;

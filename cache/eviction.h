@@ -64,6 +64,10 @@ class EvictionPolicy {
   void Insert(const index::ChunkKey& key, const Use& use);
   // A hit. No-op when absent.
   void Touch(const index::ChunkKey& key, const Use& use);
+  // A chunk no reader needs any more (its generation was superseded on the
+  // datastore): the next victim, before everything else, and no ghost when
+  // it goes. A later touch brings it back as usual. No-op when absent.
+  void Retire(const index::ChunkKey& key);
   // Dropped for another reason (damaged, evicted by command): no ghost.
   void Erase(const index::ChunkKey& key);
   // Removes and returns up to `n` keys in eviction order (scan, probation,

@@ -32,6 +32,22 @@ TEST(EvictionTest, ManyTouchesOfOnePassAreOneUse) {
   EXPECT_EQ(p.ListOf(K(1)), List::kProtected);
 }
 
+TEST(EvictionTest, RetiredChunksGoFirstWhateverTheirList) {
+  EvictionPolicy p(100);
+  Clock c;
+  p.Insert(K(1), c.Reader(1));
+  c.now += EvictionPolicy::kUseWindowMs + 1;
+  p.Touch(K(1), c.Reader(2));
+  ASSERT_EQ(p.ListOf(K(1)), List::kProtected);
+  p.Insert(K(2), c.Reader(1, /*scan=*/true));
+  p.Insert(K(3), c.Reader(1));
+  p.Retire(K(1));
+  p.Retire(K(9));  // absent: nothing happens
+  EXPECT_EQ(p.PickVictims(1, Any), std::vector<index::ChunkKey>{K(1)});
+  EXPECT_EQ(p.ghosts(), 0u);  // retired: not missed when it goes
+  EXPECT_EQ(p.PickVictims(1, Any), std::vector<index::ChunkKey>{K(2)});
+}
+
 TEST(EvictionTest, AnotherReaderIsAnotherUse) {
   EvictionPolicy p(100);
   Clock c;
