@@ -601,6 +601,19 @@ int Main(int argc, char** argv) {
   warm->add_flag("--pin", pin, "keep the template's chunks from eviction until `evict`");
   warm->add_option("--rate", rate_text,
                    "cap the read rate from the datastore, e.g. 100MiB/s (default: no cap)");
+  bool boot_set = false;
+  warm->add_flag("--boot-set", boot_set,
+                 "warm only the chunks a boot reads (the template's boot trace, recorded on this "
+                 "host or carried by its manifest), in boot order");
+
+  CLI::App* publish = app.add_subcommand(
+      "publish",
+      "write the template's manifest beside it on the datastore: the digest of every chunk and "
+      "its boot trace. Hosts then fetch only the chunks they do not hold already (a patched "
+      "template refetches what changed; a published full clone costs nothing) and prefetch "
+      "along the trace. Run it once the file is final; the only datastore write goldcache makes");
+  publish->add_option("PATH", path, "the template (or full clone) file, as seen through the mount")
+      ->required();
 
   bool once = false;
   std::string interval_text = "2s";
@@ -637,9 +650,12 @@ int Main(int argc, char** argv) {
     request["force"] = force;
   } else if (command == "evict") {
     request["path"] = AbsolutePath(path);
+  } else if (command == "publish") {
+    request["path"] = AbsolutePath(path);
   } else if (command == "warm") {
     request["path"] = AbsolutePath(path);
     request["pin"] = pin;
+    if (boot_set) request["boot_set"] = true;
     if (!rate_text.empty()) {
       std::string size = rate_text;
       if (EndsWith(size, "/s")) size.resize(size.size() - 2);

@@ -203,6 +203,16 @@ TEST_F(GoldcacheCliTest, CommandsSendTheirArguments) {
                   {"path", (std::filesystem::current_path() / "templates/t.img").string()},
                   {"pin", false}}));
 
+  ASSERT_EQ(Run({"warm", "--boot-set", "/run/goldcache/ds1/templates/t.img"}).exit_code, 0);
+  EXPECT_EQ(LastRequest(), (json{{"command", "warm"},
+                                 {"path", "/run/goldcache/ds1/templates/t.img"},
+                                 {"pin", false},
+                                 {"boot_set", true}}));
+
+  ASSERT_EQ(Run({"publish", "/run/goldcache/ds1/templates/t.img"}).exit_code, 0);
+  EXPECT_EQ(LastRequest(),
+            (json{{"command", "publish"}, {"path", "/run/goldcache/ds1/templates/t.img"}}));
+
   for (const char* command : {"list", "check"}) {
     ASSERT_EQ(Run({command}).exit_code, 0);
     EXPECT_EQ(LastRequest(), (json{{"command", command}}));

@@ -199,12 +199,11 @@ struct Agent {
   }
 
   // Reads a template through the cache so the next boot storm finds it there.
-  // Reads a template through the cache so the next boot storm finds it there.
   Result<nlohmann::json> Warm(DatastoreFs& fs, const std::string& path, uint64_t rate, bool pin,
-                              const Progress& progress) {
+                              bool boot_set, const Progress& progress) {
     const auto start = std::chrono::steady_clock::now();
     bool client_gone = false;
-    auto report = fs.Warm(path, rate, [&](uint64_t done, uint64_t total) {
+    auto report = fs.Warm(path, rate, boot_set, [&](uint64_t done, uint64_t total) {
       client_gone = !progress({{"done_bytes", done}, {"total_bytes", total}});
       return !client_gone;
     });
@@ -216,7 +215,9 @@ struct Agent {
         {"path", path},
         {"bytes", report->bytes},
         {"fetched_bytes", report->from_datastore},
-        {"already_cached_bytes", report->bytes - report->from_datastore},
+        {"already_cached_bytes", report->bytes - report->from_datastore - report->reused},
+        {"reused_bytes", report->reused},
+        {"boot_set", boot_set},
         {"generation", report->generation},
         {"seconds",
          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
@@ -251,7 +252,28 @@ struct Agent {
     }
     if (command == "warm") {
       return Warm(*ds->fs, path, req.value("rate_bytes_per_second", uint64_t{0}),
-                  req.value("pin", false), progress);
+                  req.value("pin", false), req.value("boot_set", false), progress);
+    }
+    if (command == "publish") {
+      const auto start = std::chrono::steady_clock::now();
+      bool client_gone = false;
+      auto report = ds->fs->Publish(path, [&](uint64_t done, uint64_t total) {
+        client_gone = !progress({{"done_bytes", done}, {"total_bytes", total}});
+        return !client_gone;
+      });
+      if (!report.ok()) {
+        if (client_gone) return goldcache::Status::Error(Code::kIoError, "client went away");
+        return report.status();
+      }
+      return nlohmann::json{
+          {"path", path},
+          {"manifest", report->manifest},
+          {"generation", report->generation},
+          {"bytes", report->bytes},
+          {"chunks", report->chunks},
+          {"trace_chunks", report->trace_chunks},
+          {"seconds",
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
     }
     if (command == "evict") {
       uint64_t bytes = 0;

@@ -177,16 +177,28 @@ Result<struct stat> DatastoreFs::SetAttr(const std::string& path, const fuse::Se
 
 Result<struct statvfs> DatastoreFs::StatFs() { return backing_.StatFs(); }
 
+namespace {
+
+Status NotCached(const std::string& path) {
+  return Status::Error(Code::kInvalidArgument,
+                       path +
+                           " is passed through, not cached: no template or desktop rule "
+                           "matches it");
+}
+
+}  // namespace
+
 Result<Templates::WarmReport> DatastoreFs::Warm(
-    const std::string& path, uint64_t rate,
+    const std::string& path, uint64_t rate, bool boot_set,
     const std::function<bool(uint64_t, uint64_t)>& progress) {
-  if (rules_.RoleOf(path) == Role::kPassthrough) {
-    return Status::Error(Code::kInvalidArgument,
-                         path +
-                             " is passed through, not cached: no template or desktop rule "
-                             "matches it");
-  }
-  return templates_.Warm(path, rate, progress);
+  if (rules_.RoleOf(path) == Role::kPassthrough) return NotCached(path);
+  return templates_.Warm(path, rate, boot_set, progress);
+}
+
+Result<Templates::PublishReport> DatastoreFs::Publish(
+    const std::string& path, const std::function<bool(uint64_t, uint64_t)>& progress) {
+  if (rules_.RoleOf(path) == Role::kPassthrough) return NotCached(path);
+  return templates_.Publish(path, progress);
 }
 
 }  // namespace goldcache::roles

@@ -75,8 +75,11 @@ class DatastoreFs : public fuse::FileSystem {
   std::vector<Desktops::Info> ListDesktops() const { return desktops_.List(); }
   std::vector<Templates::Info> ListTemplates() const { return templates_.List(); }
   // See Templates::Warm; kInvalidArgument for a passthrough path (not cached).
-  Result<Templates::WarmReport> Warm(const std::string& path, uint64_t rate,
+  Result<Templates::WarmReport> Warm(const std::string& path, uint64_t rate, bool boot_set,
                                      const std::function<bool(uint64_t, uint64_t)>& progress);
+  // See Templates::Publish; kInvalidArgument for a passthrough path.
+  Result<Templates::PublishReport> Publish(const std::string& path,
+                                           const std::function<bool(uint64_t, uint64_t)>& progress);
 
  private:
   class PassthroughFile;

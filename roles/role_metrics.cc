@@ -3,6 +3,10 @@
 namespace goldcache::roles {
 namespace {
 
+constexpr char kManifestHelp[] =
+    "Manifests found beside a generation being opened: loaded (describes it, attached), stale "
+    "(describes another generation: ignored) or damaged (unreadable: ignored).";
+
 constexpr char kReadBytesHelp[] = "Bytes returned to readers, by where they came from.";
 constexpr char kLatencyHelp[] = "Latency of reads through the mount, by source.";
 constexpr char kResetsHelp[] = "Overlays discarded, by reason.";
@@ -46,7 +50,15 @@ RoleMetrics::RoleMetrics(metrics::Registry& r)
       outage_attrs(r.GetCounter("goldcache_datastore_outage_fallbacks_total", kFallbackHelp,
                                 {{"what", "attributes"}})),
       outage_opens(r.GetCounter("goldcache_datastore_outage_fallbacks_total", kFallbackHelp,
-                                {{"what", "open"}})) {}
+                                {{"what", "open"}})),
+      manifest_loaded(
+          r.GetCounter("goldcache_manifests_total", kManifestHelp, {{"result", "loaded"}})),
+      manifest_stale(
+          r.GetCounter("goldcache_manifests_total", kManifestHelp, {{"result", "stale"}})),
+      manifest_damaged(
+          r.GetCounter("goldcache_manifests_total", kManifestHelp, {{"result", "damaged"}})),
+      manifests_published(r.GetCounter("goldcache_manifests_published_total",
+                                       "Manifests written by `goldcache publish` on this host.")) {}
 
 void RoleMetrics::CountRead(uint64_t from_cache, uint64_t from_datastore, uint64_t from_overlay,
                             std::chrono::steady_clock::duration took) {

@@ -33,6 +33,11 @@ struct RoleMetrics {
   metrics::Counter& readonly_refusals;
   metrics::Counter& outage_attrs;
   metrics::Counter& outage_opens;
+  // Manifests read at open, by what they were (index/manifest.h).
+  metrics::Counter& manifest_loaded;
+  metrics::Counter& manifest_stale;
+  metrics::Counter& manifest_damaged;
+  metrics::Counter& manifests_published;
 };
 
 // Nanoseconds since `start` on the steady clock.

@@ -211,6 +211,10 @@ Result<RuleSet> RuleSet::Create(std::vector<Rule> rules) {
 }
 
 Role RuleSet::RoleOf(std::string_view path) const {
+  if (path.ends_with(kOwnFileSuffix) ||
+      (path.ends_with(".tmp") && path.substr(0, path.size() - 4).ends_with(kOwnFileSuffix))) {
+    return Role::kPassthrough;
+  }
   std::vector<std::string_view> parts = SplitPath(path);
   for (const Compiled& rule : *compiled_) {
     const std::vector<Component>& pattern = rule.components;

@@ -21,6 +21,11 @@
 // empty, starts or ends with '/', has an empty, "." or ".." component, has an
 // unterminated '[', or ends in a lone '\'.
 //
+// goldcache's own files on the datastore, the manifests `goldcache publish`
+// writes beside a template (NAME + kOwnFileSuffix, and NAME + kOwnFileSuffix
+// + ".tmp" while one is written), are passthrough whatever the rules say:
+// never a template to cache nor a desktop to give an overlay.
+//
 // Thread safety: a RuleSet is immutable; concurrent RoleOf calls are safe.
 // Copies are cheap (the compiled form is shared).
 #pragma once
@@ -35,6 +40,9 @@
 namespace goldcache::roles {
 
 enum class Role { kTemplate, kNonpersistent, kPassthrough };
+
+// Equals index::kManifestSuffix (checked where both are seen: templates.cc).
+inline constexpr std::string_view kOwnFileSuffix = ".goldcache-manifest";
 
 // "template", "nonpersistent", "passthrough": the words of the config file.
 const char* RoleName(Role role);

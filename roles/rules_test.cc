@@ -86,6 +86,18 @@ TEST(RuleSetTest, UnmatchedPathsAndTheRootArePassthrough) {
   EXPECT_EQ(RuleSet().RoleOf("templates/a.img"), Role::kPassthrough);
 }
 
+TEST(RuleSetTest, ManifestsBesideFilesArePassthroughWhateverTheRules) {
+  auto rules =
+      RuleSet::Create({{"templates/**", Role::kTemplate}, {"pool/**", Role::kNonpersistent}});
+  ASSERT_TRUE(rules.ok()) << rules.status().ToString();
+  EXPECT_EQ(rules->RoleOf("templates/win11.img.goldcache-manifest"), Role::kPassthrough);
+  EXPECT_EQ(rules->RoleOf("templates/win11.img.goldcache-manifest.tmp"), Role::kPassthrough);
+  EXPECT_EQ(rules->RoleOf("pool/d1.raw.goldcache-manifest"), Role::kPassthrough);
+  EXPECT_EQ(rules->RoleOf("templates/win11.img"), Role::kTemplate);
+  EXPECT_EQ(rules->RoleOf("templates/win11.goldcache-manifest.img"), Role::kTemplate);
+  EXPECT_EQ(rules->RoleOf("pool/x.tmp"), Role::kNonpersistent);
+}
+
 TEST(RuleSetTest, TemplateDirectoryItselfIsTemplate) {
   RuleSet rules =
       MustCreate({{"templates/**", Role::kTemplate}, {"pool/**", Role::kNonpersistent}});

@@ -5,8 +5,15 @@
 
 #include <algorithm>
 
+#include "index/digest.h"
+#include "index/manifest.h"
+#include "roles/rules.h"
+
 namespace goldcache::roles {
 namespace {
+
+static_assert(kOwnFileSuffix == std::string_view(index::kManifestSuffix),
+              "the rules must know the manifests' name as publish writes it");
 
 index::GenerationKey GenerationKeyOf(const std::string& datastore, const std::string& path,
                                      const struct stat& st) {
@@ -256,8 +263,94 @@ Result<std::shared_ptr<GenerationSource>> Templates::OpenGeneration(const std::s
     std::lock_guard lock(mu_);
     last_attr_[path] = *st;
   }
-  return std::make_shared<GenerationSource>(*this, path, std::move(key), binding->id, *st,
-                                            std::move(opened));
+  const bool datastore_up = opened != nullptr;
+  auto source = std::make_shared<GenerationSource>(*this, path, std::move(key), binding->id, *st,
+                                                   std::move(opened));
+  if (read_cache_ && datastore_up) Prepare(source);
+  return source;
+}
+
+void Templates::Prepare(const std::shared_ptr<GenerationSource>& source) {
+  const index::GenerationId gen = source->generation();
+  const std::string& path = source->path();
+  bool first = false, look = false;
+  {
+    std::lock_guard lock(mu_);
+    PathState& ps = paths_[path];
+    const auto now = std::chrono::steady_clock::now();
+    first = ps.prepared != gen;
+    if (first) ps.prepared = gen;
+    look = (first || now - ps.manifest_looked >= kManifestRecheck) && !cache_.HasManifest(gen) &&
+           !cache_.ManifestDistrusted(gen);
+    if (look) ps.manifest_looked = now;
+  }
+  if (look) LoadManifest(path, source->key(), gen);
+  if (!first || cache_.cached_bytes_of(gen) >= source->size()) return;
+  std::vector<uint64_t> trace = TraceFor(source->key().path, gen);
+  cache_.RecordTrace(gen);  // this boot's own order, unless it has one
+  if (!trace.empty()) cache_.PrefetchTrace(gen, source->size(), std::move(trace), source);
+}
+
+void Templates::LoadManifest(const std::string& path, const index::GenerationKey& key,
+                             index::GenerationId gen) {
+  const std::string name = path + index::kManifestSuffix;
+  auto file = backing_.Open(name, O_RDONLY);
+  if (!file.ok()) {
+    if (file.status().code() != Code::kNotFound) {
+      spdlog::warn("{}: cannot open its manifest {}: {}", path, name, file.status().ToString());
+    }
+    return;
+  }
+  auto st = (*file)->Stat();
+  if (!st.ok()) return;
+  const auto bytes = static_cast<uint64_t>(st->st_size);
+  std::string why;
+  std::optional<index::Manifest> manifest;
+  if (bytes > index::kMaxManifestBytes) {
+    why = "larger than any manifest";
+  } else {
+    std::string buf(bytes, '\0');
+    auto n = (*file)->ReadAt(0, std::span<char>(buf.data(), buf.size()));
+    if (!n.ok()) {
+      spdlog::warn("{}: reading its manifest {}: {}", path, name, n.status().ToString());
+      return;
+    }
+    buf.resize(*n);
+    manifest = index::DecodeManifest(buf, &why);
+  }
+  if (!manifest) {
+    metrics_.manifest_damaged.Add();
+    spdlog::error("{}: its manifest {} is damaged ({}); ignoring it: publish the file again", path,
+                  name, why);
+    return;
+  }
+  if (!manifest->Describes(key, cache_.chunk_size())) {
+    metrics_.manifest_stale.Add();
+    spdlog::warn(
+        "{}: its manifest {} describes another version of the file (size {}, chunk size {}; the "
+        "file is {} bytes, changed since it was published?); ignoring it: publish the file again",
+        path, name, manifest->size, manifest->chunk_size, key.size);
+    return;
+  }
+  const size_t chunks = manifest->digests.size(), traced = manifest->trace.size();
+  if (!cache_.AttachManifest(gen, std::make_shared<const index::Manifest>(std::move(*manifest)))) {
+    return;  // distrusted before
+  }
+  metrics_.manifest_loaded.Add();
+  spdlog::info("{}: using its manifest for generation {} ({} chunks, boot trace of {})", path, gen,
+               chunks, traced);
+}
+
+std::vector<uint64_t> Templates::TraceFor(const std::string& cache_path,
+                                          index::GenerationId gen) const {
+  std::vector<uint64_t> trace = cache_.TraceOf(gen);
+  if (!trace.empty()) return trace;
+  // A patched template reads much as before: the last generation's trace.
+  auto gens = cache_.GenerationsOf(cache_path);
+  for (auto it = gens.rbegin(); it != gens.rend() && trace.empty(); ++it) {
+    if (*it < gen) trace = cache_.TraceOf(*it);
+  }
+  return trace;
 }
 
 Result<std::unique_ptr<fuse::OpenFile>> Templates::Open(const std::string& path, int flags) {
@@ -320,7 +413,7 @@ void Templates::OnClosed(const std::string& path, index::GenerationId gen, bool 
 }
 
 Result<Templates::WarmReport> Templates::Warm(
-    const std::string& path, uint64_t rate,
+    const std::string& path, uint64_t rate, bool boot_set,
     const std::function<bool(uint64_t, uint64_t)>& progress) {
   if (!read_cache_) {
     return Status::Error(Code::kInvalidArgument, "the read cache is off ([cache] read_cache)");
@@ -339,10 +432,100 @@ Result<Templates::WarmReport> Templates::Warm(
     ps.current = (*source)->generation();
     ps.size = (*source)->size();
   }
+  std::vector<uint64_t> trace;
+  if (boot_set) {
+    trace = TraceFor((*source)->key().path, (*source)->generation());
+    if (trace.empty()) {
+      return Status::Error(Code::kInvalidArgument,
+                           path +
+                               " has no boot trace yet: one is recorded in the first minute a "
+                               "cold generation is read, or comes with its manifest "
+                               "(goldcache publish); warm it whole instead");
+    }
+  }
   auto r = cache_.Warm((*source)->generation(), (*source)->size(), **source, kWarmParallel, rate,
-                       progress);
+                       progress, boot_set ? &trace : nullptr);
   if (!r.ok()) return r.status();
-  return WarmReport{(*source)->generation(), r->bytes, r->from_datastore};
+  return WarmReport{(*source)->generation(), r->bytes, r->from_datastore, r->reused};
+}
+
+Result<Templates::PublishReport> Templates::Publish(
+    const std::string& path, const std::function<bool(uint64_t, uint64_t)>& progress) {
+  auto file = backing_.Open(path, O_RDONLY);
+  if (!file.ok()) return file.status();
+  auto st = (*file)->Stat();
+  if (!st.ok()) return st.status();
+  if (!S_ISREG(st->st_mode)) {
+    return Status::Error(Code::kInvalidArgument, path + " is not a regular file");
+  }
+  const index::GenerationKey key = GenerationKeyOf(datastore_, path, *st);
+  if (!Settled(key)) {
+    return Status::Error(Code::kInvalidArgument,
+                         path + " changed on the datastore less than " +
+                             std::to_string(settle_.count()) +
+                             " ms ago and may still be being written: publish it once it settles");
+  }
+  auto binding = cache_.BindGeneration(key);
+  if (!binding.ok()) return binding.status();
+  const backing::FileVersion version{key.size, key.mtime_ns, key.ctime_ns, key.ino};
+  auto changed = [&] {
+    return Status::Error(Code::kStale, path +
+                                           " changed on the datastore while it was being "
+                                           "published; nothing was written: publish it again "
+                                           "once it is final");
+  };
+  index::Manifest m;
+  m.chunk_size = cache_.chunk_size();
+  m.size = key.size;
+  m.mtime_ns = key.mtime_ns;
+  m.ctime_ns = key.ctime_ns;
+  m.ino = key.ino;
+  // Straight from the datastore: a manifest says what the file holds, not
+  // what this host's cache believes it holds.
+  std::vector<char> buf(m.chunk_size);
+  auto last_report = std::chrono::steady_clock::now();
+  for (uint64_t off = 0; off < key.size; off += m.chunk_size) {
+    const size_t len = static_cast<size_t>(std::min<uint64_t>(m.chunk_size, key.size - off));
+    std::optional<backing::FileVersion> after;
+    auto n = (*file)->ReadAtVersioned(off, std::span<char>(buf.data(), len), &after);
+    if (!n.ok()) return n.status();
+    if (*n != len || (after && !(*after == version))) return changed();
+    m.digests.push_back(index::ComputeDigest(std::span<const char>(buf.data(), len)));
+    const auto now = std::chrono::steady_clock::now();
+    if (progress && (now - last_report > std::chrono::milliseconds(200) || off + len == key.size)) {
+      last_report = now;
+      if (!progress(off + len, key.size)) return Status::Error(Code::kAborted, "publish stopped");
+    }
+  }
+  auto again = (*file)->Stat();
+  if (!again.ok()) return again.status();
+  if (!(backing::VersionOf(*again) == version)) return changed();
+  m.trace = TraceFor(key.path, binding->id);
+
+  const std::string name = path + index::kManifestSuffix;
+  const std::string tmp = name + ".tmp";
+  const std::string bytes = index::EncodeManifest(m);
+  auto write = [&]() -> Status {
+    auto out = backing_.Create(tmp, O_WRONLY | O_TRUNC, 0644);
+    if (!out.ok()) return out.status();
+    auto n = (*out)->WriteAt(0, std::span<const char>(bytes.data(), bytes.size()));
+    if (!n.ok()) return n.status();
+    GC_RETURN_IF_ERROR((*out)->Sync(false));
+    GC_RETURN_IF_ERROR((*out)->Flush());
+    return backing_.Rename(tmp, name, 0);
+  };
+  if (Status w = write(); !w.ok()) {
+    (void)backing_.Unlink(tmp);
+    return Status::Error(w.code(), "writing the manifest " + name + ": " + w.message());
+  }
+  metrics_.manifests_published.Add();
+  PublishReport report{binding->id, key.size, m.digests.size(), m.trace.size(), name};
+  if (read_cache_) {
+    cache_.AttachManifest(binding->id, std::make_shared<const index::Manifest>(std::move(m)));
+  }
+  spdlog::info("{}: published its manifest {} for generation {} ({} chunks, boot trace of {})",
+               path, name, report.generation, report.chunks, report.trace_chunks);
+  return report;
 }
 
 std::vector<Templates::Info> Templates::List() const {

@@ -27,8 +27,16 @@
 // with EIO after the datastore timeout, and everything works again by itself
 // when the datastore is back.
 //
+// Content addressing and boot traces: the first open of a generation looks
+// for its manifest beside the file (PATH + index::kManifestSuffix, again at
+// most every kManifestRecheck while there is none) and attaches it to the
+// cache; a generation not fully cached is prefetched along its boot trace
+// (its own, its manifest's, or its path's previous generation's: a patch
+// moves few chunks), and its first reads are recorded as its trace.
+//
 // Files of this role are opened on the datastore read-only: this room has no
-// way to write them (invariant 4).
+// way to write them (invariant 4). Its one datastore write is Publish's
+// manifest, a file of its own beside the template, on the operator's command.
 //
 // Thread safety: safe for concurrent use. The mutex guards per-path state
 // only; it is never held across datastore, cache or kernel calls.
@@ -133,13 +141,32 @@ class Templates {
   // that the next boot storm finds it there (goldcache warm). `progress` and
   // `rate` as cache::ChunkCache::Warm.
   static constexpr unsigned kWarmParallel = 4;
+  // `boot_set`: only the chunks of the generation's boot trace (an error
+  // when it has none).
   struct WarmReport {
     index::GenerationId generation = 0;
     uint64_t bytes = 0;
     uint64_t from_datastore = 0;
+    uint64_t reused = 0;  // found by digest (the manifest named bytes the host holds)
   };
-  Result<WarmReport> Warm(const std::string& path, uint64_t rate,
+  Result<WarmReport> Warm(const std::string& path, uint64_t rate, bool boot_set,
                           const std::function<bool(uint64_t, uint64_t)>& progress);
+
+  // goldcache publish: reads the current generation of `path` from the
+  // datastore, digests every chunk, and writes its manifest beside it
+  // (written to a temporary name, synced, renamed over the old one), with
+  // the boot trace this host knows for it. kInvalidArgument while it has not
+  // settled; kStale when it changed while being read. `progress` as Warm.
+  static constexpr auto kManifestRecheck = std::chrono::seconds(60);
+  struct PublishReport {
+    index::GenerationId generation = 0;
+    uint64_t bytes = 0;
+    uint64_t chunks = 0;
+    uint64_t trace_chunks = 0;
+    std::string manifest;  // its datastore path
+  };
+  Result<PublishReport> Publish(const std::string& path,
+                                const std::function<bool(uint64_t, uint64_t)>& progress);
 
   struct Info {
     std::string path;
@@ -169,12 +196,22 @@ class Templates {
     index::GenerationId page_cache_gen = 0;
     std::unordered_map<index::GenerationId, int> page_cache_handles;
     index::GenerationId unsettled_reported = 0;  // logged once per generation
+    // The generation whose manifest and trace were last looked for, and when.
+    index::GenerationId prepared = 0;
+    std::chrono::steady_clock::time_point manifest_looked{};
   };
 
   std::optional<struct stat> LastKnownAttr(const std::string& path) const;
   void OnClosed(const std::string& path, index::GenerationId gen, bool used_page_cache);
   // Logs (once per generation) that `gen` is served uncached while it settles.
   void ReportUnsettled(const std::string& path, index::GenerationId gen);
+  // At an open: the manifest, the trace prefetch and the trace recording of
+  // the source's generation (see the top of this file).
+  void Prepare(const std::shared_ptr<GenerationSource>& source);
+  void LoadManifest(const std::string& path, const index::GenerationKey& key,
+                    index::GenerationId gen);
+  // gen's boot trace, or else that of the path's latest earlier generation.
+  std::vector<uint64_t> TraceFor(const std::string& cache_path, index::GenerationId gen) const;
 
   const std::string datastore_;
   backing::Backing& backing_;
