@@ -359,7 +359,10 @@ class Agent:
             raise AgentError(f"goldcached binary not found or not executable: {self.binary}")
         self.starts += 1
         self.port = self.fixed_port or free_port()
-        self.log_path = os.path.join(self.ws.root, f"agent.{self.starts}.log")
+        # One log per agent (and start): agents of one workspace are told
+        # apart by their mountpoints.
+        who = "" if self.mountpoint == self.ws.mountpoint else "-" + os.path.basename(self.mountpoint)
+        self.log_path = os.path.join(self.ws.root, f"agent{who}.{self.starts}.log")
         sock_path = os.path.join(self.ws.root, f"notify.{self.starts}.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
