@@ -215,8 +215,9 @@ class Stream:
 
 def _generate(args) -> list[tuple]:
     """Worker: writes desktop `index`'s command files; returns Stream fields."""
-    (index, size, seed, boot_fraction, phase_names, steady_s, steady_iops, outdir) = args
-    work = wl.Workload(size, seed, boot_fraction)
+    (index, size, seed, boot_fraction, phase_names, steady_s, steady_iops, outdir, generation,
+     changed) = args
+    work = wl.Workload(size, seed, boot_fraction, generation=generation, changed_fraction=changed)
     phases = wl.make_phases(phase_names, steady_s, steady_iops)
     out = []
     for ph, ops in zip(phases, wl.streams(work, index, phases)):
@@ -243,10 +244,12 @@ def _generate(args) -> list[tuple]:
     return out
 
 
-def generate_streams(n_desktops: int, cfg, outdir: str) -> list[list[Stream]]:
+def generate_streams(n_desktops: int, cfg, outdir: str, phases: Optional[list[str]] = None,
+                     generation: int = 0) -> list[list[Stream]]:
     os.makedirs(outdir, exist_ok=True)
-    jobs = [(i, cfg.template_size, cfg.seed, cfg.boot_fraction, cfg.phases, cfg.steady_seconds,
-             cfg.steady_iops, outdir) for i in range(n_desktops)]
+    jobs = [(i, cfg.template_size, cfg.seed, cfg.boot_fraction, phases or cfg.phases,
+             cfg.steady_seconds, cfg.steady_iops, outdir, generation, cfg.patch_fraction)
+            for i in range(n_desktops)]
     with concurrent.futures.ProcessPoolExecutor(max_workers=min(NCPU, n_desktops)) as ex:
         return [[Stream(*fields) for fields in res] for res in ex.map(_generate, jobs)]
 
@@ -377,6 +380,64 @@ class Rig:
                                 "../" + TEMPLATE, f"vm{i:02d}.qcow2"], cwd=ws.ds("pool"))
             if r.returncode != 0:
                 raise RuntimeError(f"qemu-img create: {r.stdout}")
+
+    def write_generation(self, template: wl.Template, n_raw: int) -> None:
+        """Patch day: the template's new generation replaces it, written beside
+        it and renamed over it over NFS (as an admin copies a patched image onto
+        the filer; written behind ganesha's back, its caches would serve the
+        old file for a minute), and the raw full clones are recomposed from it
+        the same way. Through a helper agent whose rules make every file
+        passthrough: its writes and renames are NFS calls."""
+        cache_dir = os.path.join(self.ws.root, "cache-admin")
+        agent = self.helper_agent(cache_dir, passthrough=True)
+        try:
+            for rel in [TEMPLATE] + [f"pool/vmraw{j}.img" for j in range(n_raw)]:
+                path = os.path.join(agent.mountpoint, rel)
+                template.write(path + ".patching")
+                os.replace(path + ".patching", path)
+        finally:
+            agent.stop(timeout=60)
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+    def helper_agent(self, cache_dir: str, passthrough: bool = False) -> gcrig.Agent:
+        """An agent over the datastore for a chore (patching, publishing,
+        removing manifests), started for it alone: its datastore traffic is
+        not the measured host's. The caller stops it."""
+        mnt = os.path.join(self.ws.root, "mnt-helper")
+        os.makedirs(mnt, exist_ok=True)
+        rules = {"templates": (), "nonpersistent": ()} if passthrough else {
+            "templates": ("templates/**",), "nonpersistent": ("pool/**",)}
+        agent = self.ws.agent(datastore=self.source, mountpoint=mnt, cache_dir=cache_dir,
+                              cache_size=fmt_size(self.cfg.cache_size), **rules)
+        return agent.start(timeout=60)
+
+    def publish(self, cache_dir: str, n_raw: int) -> list[dict]:
+        """`goldcache publish` of the template and the raw clones, by an agent
+        over `cache_dir` (the host whose boots recorded the trace the
+        manifest carries)."""
+        agent = self.helper_agent(cache_dir)
+        try:
+            out = []
+            for rel in [TEMPLATE] + [f"pool/vmraw{j}.img" for j in range(n_raw)]:
+                r = agent.cli("--json", "publish", os.path.join(agent.mountpoint, rel))
+                out.append(json.loads(r.stdout))
+            return out
+        finally:
+            agent.stop(timeout=60)
+
+    def remove_manifests(self, n_raw: int) -> None:
+        """Over NFS (manifests are passthrough files), so that ganesha knows."""
+        cache_dir = os.path.join(self.ws.root, "cache-admin")
+        agent = self.helper_agent(cache_dir, passthrough=True)
+        try:
+            for rel in [TEMPLATE] + [f"pool/vmraw{j}.img" for j in range(n_raw)]:
+                try:
+                    os.unlink(os.path.join(agent.mountpoint, rel + ".goldcache-manifest"))
+                except FileNotFoundError:
+                    pass
+        finally:
+            agent.stop(timeout=60)
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
     def start_nfs(self) -> None:
         self.nfs = nfsrig.GaneshaRig(self.ws.datastore, port=0, mnt_port=0,
@@ -676,7 +737,11 @@ class Run:
             "miss_path": {name: delta(m0.value(f"goldcache_cache_{name}_total"),
                                       m1.value(f"goldcache_cache_{name}_total"))
                           for name in ("write_behind_full", "readahead_chunks", "readahead_late",
-                                       "uncached_fills", "single_flight_waits")},
+                                       "uncached_fills", "single_flight_waits", "prefetch_bytes",
+                                       "prefetch_in_time", "prefetch_late")},
+            "reused_manifest_bytes": delta(
+                m0.value("goldcache_cache_reused_bytes_total", by="manifest"),
+                m1.value("goldcache_cache_reused_bytes_total", by="manifest")),
             "agent_cpu": delta(c0["agent_cpu"], c1["agent_cpu"]),
             "ganesha_cpu": delta(c0["ganesha_cpu"], c1["ganesha_cpu"]),
             "proxy_cpu": delta(c0["proxy_cpu"], c1["proxy_cpu"]),
@@ -774,6 +839,94 @@ class Run:
             "desktops": {str(k): v for k, v in sorted(self.desktops.items())},
         }
         return {"summary": self.summary, "phases": self.phases}
+
+
+# ---------------------------------------------------------------------------
+# Patch day
+
+PATCH_RUNS = (
+    # (label, generation, phase, what it stands for)
+    ("patch", 1, "reboot",
+     "the template patched, not published: every desktop reboots on the new generation"),
+    ("patch+manifest", 2, "reboot",
+     "patched again and published (goldcache publish on the host that recorded the trace): "
+     "every desktop reboots"),
+    ("cold+manifest", 2, "boot",
+     "a new host (empty cache) boots the published generation: its manifest's trace is "
+     "prefetched"),
+)
+
+
+def patch_day(rig: Rig, cfg, n: int, cache_dir: str, flags: set[str], n_raw: int) -> list[dict]:
+    """After the off/cold/warm runs of N: the runs of PATCH_RUNS, on the cache
+    the warm run left (the last one on a fresh cache), then the template
+    restored to generation 0 for the next N."""
+    out = []
+    cold_dir = cache_dir + "-cold-manifest"
+    try:
+        for label, gen, phase, _ in PATCH_RUNS:
+            published = None
+            if label != "cold+manifest":
+                work = wl.Workload(cfg.template_size, cfg.seed, cfg.boot_fraction,
+                                   generation=gen, changed_fraction=cfg.patch_fraction)
+                say(f"N={n} {label}: writing generation {gen} of the template "
+                    f"({cfg.patch_fraction:.0%} of its chunks changed per generation)")
+                rig.write_generation(work.template, n_raw)
+            if label == "patch+manifest":
+                published = rig.publish(cache_dir, n_raw)
+                say(f"N={n} {label}: published " + ", ".join(
+                    f"{p['path'].rsplit('/', 1)[-1]} ({p['chunks']} chunks, trace of "
+                    f"{p['trace_chunks']})" for p in published))
+            streams = generate_streams(n, cfg, os.path.join(rig.ws.root, f"streams-g{gen}-{phase}"),
+                                       [phase], gen)
+            run = Run(rig, cfg, n, label, streams, cold_dir if label == "cold+manifest"
+                      else cache_dir, flags)
+            res = run.execute(wl.make_phases([phase], cfg.steady_seconds, cfg.steady_iops))
+            res["config"] = {"raw_clones": cfg.raw_clones if n >= 2 else 0, "generation": gen,
+                             "published": published}
+            out.append(res)
+    finally:
+        shutil.rmtree(cold_dir, ignore_errors=True)
+        rig.remove_manifests(n_raw)
+        rig.write_generation(wl.Workload(cfg.template_size, cfg.seed,
+                                         cfg.boot_fraction).template, n_raw)
+    return out
+
+
+def patch_table(results, patch_results) -> list[list[str]]:
+    rows = []
+    for n in sorted({r["summary"]["n"] for r in patch_results}):
+        base = find(results, n, "cold", "boot")
+        base_bytes = base["filer_read_bytes"] if base else None
+        warm = find(results, n, "warm", "reboot")
+        cands = [("cold", "boot", base, "a new host, no manifest, no trace (the storm's cold boot)"),
+                 ("warm", "reboot", warm, "nothing changed (the storm's warm reboot)")]
+        for label, _, phase, what in PATCH_RUNS:
+            r = next((x for x in patch_results if x["summary"]["n"] == n
+                      and x["summary"]["mode"] == label), None)
+            p = r["phases"][0] if r else None
+            cands.append((label, phase, p, what))
+        for label, phase, p, what in cands:
+            if not p:
+                continue
+            dw = p["desktop_wall"]
+            mp = p.get("miss_path", {})
+            fb = p["filer_read_bytes"]
+            rows.append([
+                n, label, phase, what, f"{secs(dw['p50'])} / {secs(dw['p99'])}",
+                f"{ms(p['read']['p99'])}", mib(fb),
+                "-" if fb is None or not base_bytes else f"{fb / base_bytes:.2f}",
+                mib(p.get("reused_manifest_bytes")),
+                f"{mib(mp.get('prefetch_bytes'))} / {num(mp.get('prefetch_in_time'))} / "
+                f"{num(mp.get('prefetch_late'))}",
+                f"{p['verify_failures']} / {p['io_errors'] + p['missing']}",
+            ])
+    return rows
+
+
+PATCH_COLUMNS = ["N", "run", "phase", "what", "boot p50 / p99 (s)", "read p99 (ms)",
+                 "filer read MiB", "filer / cold boot", "reused by manifest MiB",
+                 "prefetched MiB / in time / late", "verify fail / IO err"]
 
 
 def cdf_points(sorted_vals, points: int = 200) -> list[list[float]]:
@@ -997,7 +1150,21 @@ def report(cfg, results, env) -> str:
         lines.append("")
         lines += [f"- {n}" for n in notes]
         lines.append("")
-    bad = loud_problems(results)
+    patch = env.get("patch_results") or []
+    if patch:
+        lines.append("## Patch day")
+        lines.append("")
+        lines.append(
+            f"After the runs of each N, on the cache the warm run left: the template is "
+            f"patched ({cfg.patch_fraction:.0%} of its chunks rewritten per generation, the raw "
+            f"clone recomposed from it) and every desktop reboots, first unpublished, then "
+            f"patched again and published; then a new host boots the published generation. "
+            f"Filer bytes are the measured host's (publishing, on another agent, reads the "
+            f"whole file once, farm-wide).")
+        lines.append("")
+        lines.append(md_table(PATCH_COLUMNS, patch_table(results, patch)))
+        lines.append("")
+    bad = loud_problems(results + patch)
     if env.get("fatal"):
         bad.append(f"the run stopped early: {env['fatal']}")
     if bad:
@@ -1238,6 +1405,11 @@ def parse_args(argv):
                         "or /var/tmp)")
     p.add_argument("--phase-timeout", type=float, default=1800.0,
                    help="kill a phase's desktops after this many seconds (default 1800)")
+    p.add_argument("--no-patch-day", dest="patch_day", action="store_false",
+                   help="skip patch day (after each N: the template patched and rebooted on, "
+                        "unpublished and published, and a new host booting the published one)")
+    p.add_argument("--patch-fraction", type=float, default=0.03,
+                   help="share of the template's chunks a patch rewrites (default 0.03)")
     p.add_argument("--keep", action="store_true", help="keep the workspace")
     p.add_argument("--keep-raw", action="store_true", help="keep qemu-io's outputs in OUT/raw")
     cfg = p.parse_args(argv)
@@ -1255,6 +1427,10 @@ def parse_args(argv):
         p.error(f"--modes: choose from {','.join(MODES)}")
     if "warm" in cfg.modes and "cold" not in cfg.modes:
         p.error("--modes: warm uses the cache that cold filled; give cold too")
+    if cfg.patch_day and "cold" not in cfg.modes:
+        cfg.patch_day = False  # it patches the cache the cold (and warm) runs filled
+    if not 0 < cfg.patch_fraction < 1:
+        p.error("--patch-fraction: between 0 and 1")
     if min(cfg.n) < 1:
         p.error("--n: at least one desktop")
     try:
@@ -1284,6 +1460,7 @@ def main(argv=None) -> int:
            "command": " ".join(["./bench/storm"] + (sys.argv[1:] if argv is None else argv)),
            "binary": binary, "boot_mib": work.boot_set.bytes / MiB, "load_start": loadavg(),
            "phase_descriptions": {ph.name: ph.describe(work) for ph in phases}}
+    env["patch_results"] = []
     busy0 = host_cpu()
     t0 = time.monotonic()
     rig = Rig(cfg)
@@ -1308,6 +1485,8 @@ def main(argv=None) -> int:
                 results.append(res)
                 if mode == "off":
                     shutil.rmtree(cdir, ignore_errors=True)
+            if cfg.patch_day:
+                env["patch_results"] += patch_day(rig, cfg, n, cache_dir, flags, n_raw)
             shutil.rmtree(cache_dir, ignore_errors=True)  # the next N starts cold again
     except KeyboardInterrupt:
         say("interrupted")
@@ -1345,7 +1524,7 @@ def main(argv=None) -> int:
     print(text)
     say(f"{env['wall_s']:.0f} s; report {cfg.out}/report.md, results.json"
         + (", storm.png" if plotted else " (no plot)"))
-    bad = loud_problems(results) + ([env["fatal"]] if env.get("fatal") else [])
+    bad = loud_problems(results + env["patch_results"]) + ([env["fatal"]] if env.get("fatal") else [])
     if bad:
         for b in bad:
             say(f"PROBLEM: {b}")

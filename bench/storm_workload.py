@@ -497,13 +497,19 @@ class Workload:
     seed: int
     boot_fraction: float
     app_fraction: float = 0.02
+    # Patch day: which generation of the template the desktops see (the same
+    # files and boot set; `changed_fraction` of the chunks rewritten per
+    # generation).
+    generation: int = 0
+    changed_fraction: float = 0.0
     template: Template = field(init=False)
     boot_set: FileSet = field(init=False)
     app_set: FileSet = field(init=False)
     scratch: tuple[int, int] = field(init=False)
 
     def __post_init__(self):
-        self.template = Template(self.template_size, self.seed)
+        self.template = Template(self.template_size, self.seed, self.generation,
+                                 self.changed_fraction)
         # The disk's last tenth is the page file / temp area: written, not in the image's files.
         scratch_lo = (self.template_size * 9 // 10) // WINDOW * WINDOW
         self.scratch = (scratch_lo, self.template_size)

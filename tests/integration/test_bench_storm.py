@@ -62,6 +62,12 @@ def test_storm_smoke_verifies_every_read_and_writes_nothing_to_the_filer(goldcac
         assert len(row) == len(header) and all(row), row
     assert "## Targets" in report and "PROBLEMS" not in report
 
+    # Patch day: the unpublished patch, the published one, and a new host
+    # booting the published generation; every read still verified.
+    header, rows = table_rows(report, "N | run | phase")
+    assert header == storm.PATCH_COLUMNS
+    assert [row[1] for row in rows] == ["cold", "warm"] + [r[0] for r in storm.PATCH_RUNS]
+
     png = (out / "storm.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -89,6 +95,20 @@ def test_storm_smoke_verifies_every_read_and_writes_nothing_to_the_filer(goldcac
             assert p["verify_failures"] == 0 and p["io_errors"] == 0 and p["missing"] == 0, \
                 (tag, p["phase"], p["problems"])
         assert s["agent_rc"] == 0, tag
+
+    patch = {x["summary"]["mode"]: x for x in doc["env"]["patch_results"]}
+    assert sorted(patch) == sorted(r[0] for r in storm.PATCH_RUNS)
+    for mode, res in patch.items():
+        s = res["summary"]
+        assert s["filer_writes"] == {"bytes": 0, "ops": 0, "metadata": 0}, mode
+        assert s["datastore_changed"] == [], mode
+        assert s["verify_failures"] == 0 and s["io_errors"] == 0 and s["agent_rc"] == 0, mode
+        assert all(p["reads"] > 0 for p in res["phases"]), mode
+    # With the manifest the raw full clone is the template's content: a new
+    # host's boot of both reads the filer for about one of them.
+    cold = next(x for x in doc["results"] if x["summary"]["mode"] == "cold")
+    cold_boot = next(p for p in cold["phases"] if p["phase"] == "boot")["filer_read_bytes"]
+    assert patch["cold+manifest"]["phases"][0]["filer_read_bytes"] < 0.75 * cold_boot
 
     # The bench cleaned up after itself: its workspace is unmounted and gone.
     ws = [ln.split("workspace ", 1)[1].strip() for ln in r.stderr.splitlines()
