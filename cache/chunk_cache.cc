@@ -40,6 +40,7 @@
 
 #include "cache/checksum.h"
 #include "index/digest.h"
+#include "util/log_limit.h"
 #include "util/private_dir.h"
 
 namespace goldcache::cache {
@@ -317,6 +318,9 @@ struct ChunkCache::Piece {
   char* dst = nullptr;
   bool done = false;
   int attempts = 0;
+  // Another file's fetch of this content it joined did not bring it: it
+  // fetches its own from then on.
+  bool no_join = false;
   // A hit: its record and (if verified before) table; the slot is pinned.
   std::optional<index::ChunkRecord> rec;
   std::shared_ptr<const std::vector<uint32_t>> table;
@@ -382,6 +386,7 @@ Status ChunkCache::Init() {
   index::ChunkIndex::Options io;
   io.dir = dir + "/index";
   io.flush_interval = options_.index_flush_interval;
+  io.env = options_.index_env;
   io.before_commit = [this]() -> Status {
     if (store_failed_.load()) {
       return Status::Error(Code::kIoError, "the local store failed to sync earlier");
@@ -843,7 +848,7 @@ void ChunkCache::Lookup(Shard& shard, Piece& p, const EvictionPolicy::Use& use) 
     if (p.flight->traced && p.flight->state.load() == Flight::kFetching) m_->prefetch_late.Add();
     return;
   }
-  Reuse reuse = ReuseLocked(shard, p.key, p.chunk_len, use);
+  Reuse reuse = ReuseLocked(shard, p.key, p.chunk_len, use, !p.no_join);
   if (reuse.rec) {
     p.rec = reuse.rec;
     slot_pins_[reuse.rec->slot].fetch_add(1);
@@ -965,6 +970,13 @@ void ChunkCache::Fetch(const std::shared_ptr<Flight>& flight, ChunkSource& sourc
     flight->digested = true;
     if (flight->digest != *flight->expected) {
       flight->digest_mismatch = true;
+      {
+        // No reader of another file may join it from now on (those that
+        // have are told when it finishes, and fetch their own).
+        std::lock_guard lock(cas_mu_);
+        auto d = digest_flights_.find(*flight->expected);
+        if (d != digest_flights_.end() && d->second == flight) digest_flights_.erase(d);
+      }
       Distrust(flight->key, flight->digest);
     }
   }
@@ -1047,6 +1059,8 @@ Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
     // Another file's fetch of the same content (by the manifests) that
     // failed, or whose bytes were not that content: fetch our own.
     p.flight.reset();
+    p.no_join = true;
+    --p.attempts;  // not this file's failure
     return Status::Error(Code::kAborted, "the shared fetch did not bring the content");
   }
   if (f.state.load(std::memory_order_acquire) == Flight::kFailed) {
@@ -1060,9 +1074,9 @@ Status ChunkCache::WaitFlight(Piece& p, ReadOutcome& outcome) {
   return Status::Ok();
 }
 
-std::shared_ptr<ChunkCache::Flight> ChunkCache::StartFetch(const ChunkKey& key, uint64_t file_size,
-                                                           const EvictionPolicy::Use& use,
-                                                           bool prefetch, bool traced) {
+std::shared_ptr<ChunkCache::Flight> ChunkCache::StartFetch(
+    const ChunkKey& key, uint64_t file_size, const EvictionPolicy::Use& use, bool prefetch,
+    bool traced, std::function<void(const std::shared_ptr<Flight>&)> body) {
   Shard& shard = ShardOf(key);
   std::lock_guard lock(shard.mu);
   if (shard.entries.count(key) || shard.flights.count(key)) return nullptr;
@@ -1070,7 +1084,12 @@ std::shared_ptr<ChunkCache::Flight> ChunkCache::StartFetch(const ChunkKey& key, 
       std::min<uint64_t>(chunk_size_, file_size - key.chunk * uint64_t{chunk_size_}));
   Reuse reuse = ReuseLocked(shard, key, len, use);
   if (reuse.rec || reuse.join) return nullptr;  // stored, or coming for another file
-  return NewFlightLocked(shard, key, len, use, prefetch, traced, reuse.digest);
+  auto flight = NewFlightLocked(shard, key, len, use, prefetch, traced, reuse.digest);
+  // Its task is there before any reader can find the flight (under this
+  // lock): a reader that needs the chunk runs it itself, rather than wait
+  // for the pool's prefetch queue behind every demand fetch.
+  flight->task = pool_->SubmitPrefetch([body = std::move(body), flight] { body(flight); });
+  return flight;
 }
 
 void ChunkCache::Readahead(GenerationId gen, uint64_t file_size, uint64_t next_chunk,
@@ -1094,25 +1113,19 @@ void ChunkCache::Readahead(GenerationId gen, uint64_t file_size, uint64_t next_c
   const EvictionPolicy::Use use = UseOf(&stream, run.run_bytes >= kScanRunBytes);
   std::shared_ptr<ReadStream::State> state = stream.state_;
   for (uint64_t c = from; c < to; ++c) {
-    auto flight = StartFetch(ChunkKey{gen, c}, file_size, use, /*prefetch=*/true);
-    if (!flight) continue;
     const uint64_t epoch = run.epoch;
-    // Set before another reader can find the flight: StartFetch published
-    // it, so the task is assigned under the shard lock.
-    auto task = pool_->SubmitPrefetch([this, flight, source, state, epoch] {
-      if (!flight->demanded.load() && state->epoch.load() != epoch) {
-        // The run ended before this was fetched: give the slot in the
-        // queue up, and let a later reader lead its own fetch.
-        flight->status = Status::Error(Code::kAborted, "readahead no longer wanted");
-        Finish(flight);
-        return;
-      }
-      m_->readahead.Add();
-      Fetch(flight, *source);
-    });
-    Shard& shard = ShardOf(flight->key);
-    std::lock_guard lock(shard.mu);
-    flight->task = std::move(task);
+    StartFetch(ChunkKey{gen, c}, file_size, use, /*prefetch=*/true, /*traced=*/false,
+               [this, source, state, epoch](const std::shared_ptr<Flight>& flight) {
+                 if (!flight->demanded.load() && (state->epoch.load() != epoch || Stopping())) {
+                   // The run ended before this was fetched: give the slot in
+                   // the queue up, and let a later reader lead its own fetch.
+                   flight->status = Status::Error(Code::kAborted, "readahead no longer wanted");
+                   Finish(flight);
+                   return;
+                 }
+                 m_->readahead.Add();
+                 Fetch(flight, *source);
+               });
   }
 }
 
@@ -1193,8 +1206,14 @@ void ChunkCache::Store(const std::shared_ptr<Flight>& flight) {
     if (!st.ok()) {
       m_->store_errors.Add();
       m_->uncached.Add();
-      spdlog::error("cache: storing chunk {} of generation {} failed: {}", key.chunk, key.gen,
-                    st.ToString());
+      // A full or failing disk fails every chunk: one line per 10 s says so.
+      if (auto held = store_error_log_.Allow()) {
+        spdlog::error(
+            "cache: storing chunk {} of generation {} failed: {}; the chunk is served "
+            "uncached{}",
+            key.chunk, key.gen, st.ToString(),
+            *held ? fmt::format(" ({} more store failures since the last line)", *held) : "");
+      }
       {
         std::lock_guard lock(space_mu_);
         free_slots_.push_back(*slot);
@@ -1340,7 +1359,7 @@ std::optional<index::Digest> ChunkCache::ManifestDigest(const ChunkKey& key) con
 }
 
 ChunkCache::Reuse ChunkCache::ReuseLocked(Shard& shard, const ChunkKey& key, uint32_t len,
-                                          const EvictionPolicy::Use& use) {
+                                          const EvictionPolicy::Use& use, bool may_join) {
   Reuse reuse;
   reuse.digest = ManifestDigest(key);
   if (!reuse.digest) return reuse;
@@ -1350,7 +1369,7 @@ ChunkCache::Reuse ChunkCache::ReuseLocked(Shard& shard, const ChunkKey& key, uin
       // Not stored, but maybe on its way for another file (a full clone
       // booting beside its template): one fetch for both.
       std::lock_guard lock(cas_mu_);
-      auto f = digest_flights_.find(*reuse.digest);
+      auto f = may_join ? digest_flights_.find(*reuse.digest) : digest_flights_.end();
       if (f != digest_flights_.end() && f->second->chunk_len == len &&
           f->second->state.load() != Flight::kFailed) {
         reuse.join = f->second;
@@ -1372,11 +1391,28 @@ ChunkCache::Reuse ChunkCache::ReuseLocked(Shard& shard, const ChunkKey& key, uin
   return reuse;
 }
 
+namespace {
+constexpr char kDistrustMetaPrefix[] = "distrust.";
+// A manifest's identity: the SHA-256 of its encoding (what `publish` wrote).
+std::string ManifestId(const index::Manifest& m) {
+  const index::Digest d = index::ComputeDigest(index::EncodeManifest(m));
+  return std::string(reinterpret_cast<const char*>(d.data()), d.size());
+}
+}  // namespace
+
 bool ChunkCache::AttachManifest(GenerationId gen, std::shared_ptr<const index::Manifest> manifest) {
   auto key = index_->GenerationOf(gen);
   if (!manifest || !key || !manifest->Describes(*key, chunk_size_)) return false;
+  const std::string id = ManifestId(*manifest);
+  // The very manifest this host caught lying, also before a restart, is
+  // never used again; a manifest published again (other bytes) is.
+  auto saved = index_->GetMeta(kDistrustMetaPrefix + std::to_string(gen));
   std::unique_lock lock(manifest_mu_);
-  if (distrusted_.count(gen)) return false;
+  if (saved.ok() && saved->has_value() && **saved == id) distrusted_[gen] = id;
+  if (auto d = distrusted_.find(gen); d != distrusted_.end()) {
+    if (d->second == id) return false;
+    distrusted_.erase(d);
+  }
   manifests_[gen] = std::move(manifest);
   return true;
 }
@@ -1393,15 +1429,24 @@ bool ChunkCache::ManifestDistrusted(GenerationId gen) const {
 
 void ChunkCache::Distrust(const ChunkKey& key, const index::Digest& got) {
   std::optional<index::Digest> listed;
+  std::string id;
   {
     std::unique_lock lock(manifest_mu_);
     auto it = manifests_.find(key.gen);
     if (it == manifests_.end()) return;  // distrusted meanwhile
     if (key.chunk < it->second->digests.size()) listed = it->second->digests[key.chunk];
+    id = ManifestId(*it->second);
     manifests_.erase(it);
-    distrusted_.insert(key.gen);
+    distrusted_[key.gen] = id;
   }
   m_->manifest_distrusts.Add();
+  // Remembered across restarts (a synced RocksDB write: off this thread).
+  if (!Stopping()) {
+    pool_->SubmitPrefetch([this, gen = key.gen, id] {
+      Status st = index_->PutMeta(kDistrustMetaPrefix + std::to_string(gen), id);
+      if (!st.ok()) spdlog::warn("cache: remembering a distrusted manifest: {}", st.ToString());
+    });
+  }
   // What the manifest let this generation name may be other bytes: drop
   // all of it (chunks being read keep their slots until their reads end);
   // from now on every miss of the generation reads the datastore.
@@ -1532,7 +1577,7 @@ std::vector<uint64_t> ChunkCache::TraceOf(GenerationId gen) const {
 
 void ChunkCache::PrefetchTrace(GenerationId gen, uint64_t file_size, std::vector<uint64_t> trace,
                                std::shared_ptr<ChunkSource> source) {
-  if (trace.empty() || source == nullptr || stopping_.load()) return;
+  if (trace.empty() || source == nullptr || Stopping()) return;
   // What the cache cannot keep would only push out what it holds.
   if (trace.size() > TraceLimit()) trace.resize(TraceLimit());
   auto job = std::make_shared<TracePrefetch>();
@@ -1557,10 +1602,12 @@ void ChunkCache::PumpTrace(const std::shared_ptr<TracePrefetch>& job) {
     {
       std::lock_guard lock(job->mu);
       if (job->running >= std::max(1u, options_.max_prefetch)) return;
-      while (!flight && job->next < job->trace.size() && !stopping_.load()) {
+      while (!flight && job->next < job->trace.size() && !Stopping()) {
         const uint64_t c = job->trace[job->next++];
         if (c < chunks) {
-          flight = StartFetch(ChunkKey{job->gen, c}, job->file_size, use, true, /*traced=*/true);
+          // Its task waits for job->mu (held here) before it counts itself out.
+          flight = StartFetch(ChunkKey{job->gen, c}, job->file_size, use, true, /*traced=*/true,
+                              [this, job](const std::shared_ptr<Flight>& f) { RunTraced(job, f); });
         }
       }
       if (!flight) {
@@ -1572,24 +1619,35 @@ void ChunkCache::PumpTrace(const std::shared_ptr<TracePrefetch>& job) {
       }
       ++job->running;
     }
-    auto task = pool_->SubmitPrefetch([this, flight, job] {
-      if (stopping_.load() && !flight->demanded.load()) {
-        flight->status = Status::Error(Code::kAborted, "shutting down");
-        Finish(flight);
-      } else {
-        Fetch(flight, *job->source);
-        if (flight->status.ok()) m_->prefetch_bytes.Add(flight->chunk_len);
-      }
-      {
-        std::lock_guard lock(job->mu);
-        --job->running;
-      }
-      PumpTrace(job);
-    });
-    Shard& shard = ShardOf(flight->key);
-    std::lock_guard lock(shard.mu);
-    flight->task = std::move(task);
   }
+}
+
+void ChunkCache::RunTraced(const std::shared_ptr<TracePrefetch>& job,
+                           const std::shared_ptr<Flight>& flight) {
+  if (Stopping() && !flight->demanded.load()) {
+    flight->status = Status::Error(Code::kAborted, "shutting down");
+    Finish(flight);
+  } else {
+    Fetch(flight, *job->source);
+    if (flight->status.ok()) m_->prefetch_bytes.Add(flight->chunk_len);
+  }
+  {
+    std::lock_guard lock(job->mu);
+    --job->running;
+  }
+  PumpTrace(job);
+}
+
+void ChunkCache::DrainFetches() {
+  draining_.fetch_add(1);
+  for (;;) {
+    {
+      std::shared_lock lock(trace_mu_);
+      if (prefetching_.empty() && pool_->prefetch_load() == 0) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  draining_.fetch_sub(1);
 }
 
 size_t ChunkCache::EvictSome(size_t n, bool even_pinned) {
@@ -1603,9 +1661,11 @@ size_t ChunkCache::EvictSome(size_t n, bool even_pinned) {
     return shards_[a]->size.load() > shards_[b]->size.load();
   });
   const size_t per_shard = std::max<size_t>(1, (n + nshards - 1) / nshards);
-  // A victim whose slot other chunks share frees nothing yet: more passes.
+  // A victim whose slot other chunks share frees nothing yet: more passes,
+  // until enough slots are free or nothing is left to take (so pinned
+  // chunks go only when no unpinned record is left: invariant 5).
   size_t dropped = 0;
-  for (int pass = 0; pass < 4 && evicted < n; ++pass) {
+  for (size_t pass = 0; evicted < n; ++pass) {
     size_t dropped_before = dropped;
     for (size_t i : order) {
       if (evicted >= n) break;
@@ -1620,7 +1680,7 @@ size_t ChunkCache::EvictSome(size_t n, bool even_pinned) {
       for (const ChunkKey& key : victims) evicted += DropLocked(shard, key, false) ? 1 : 0;
       dropped += victims.size();
     }
-    if (dropped == dropped_before && pass > 0) break;  // nothing left to take
+    if (dropped == dropped_before) break;  // nothing left to take
   }
   m_->evictions.Add(dropped);
   return evicted;
@@ -1863,7 +1923,12 @@ Result<ChunkCache::WarmReport> ChunkCache::Warm(
     std::shared_ptr<Flight> flight = std::move(window.front().first);
     const bool led = window.front().second;
     window.pop_front();
-    if (flight->task) pool_->RunOrWait(flight->task);
+    std::shared_ptr<FetchPool::Task> task;
+    {
+      std::lock_guard lock(ShardOf(flight->key).mu);  // a reader may be setting it
+      task = flight->task;
+    }
+    if (task) pool_->RunOrWait(task);
     std::unique_lock lock(flight->mu);
     flight->cv.wait(lock, [&] { return flight->state.load() != Flight::kFetching; });
     if (flight->state.load() == Flight::kFailed && result.ok()) result = flight->status;

@@ -79,7 +79,12 @@
 #include "index/manifest.h"
 #include "io/file.h"
 #include "metrics/metrics.h"
+#include "util/log_limit.h"
 #include "util/status.h"
+
+namespace rocksdb {
+class Env;
+}
 
 namespace goldcache::cache {
 
@@ -104,8 +109,11 @@ struct CacheOptions {
   uint64_t capacity_bytes = 10ull << 30;  // local store limit
   uint32_t chunk_size = 1u << 20;         // multiple of 4 KiB
   std::chrono::milliseconds index_flush_interval{100};
-  metrics::Registry* registry = nullptr;      // required; must outlive the cache
-  io::Env* env = nullptr;                     // the store's files; null: io::PosixEnv()
+  metrics::Registry* registry = nullptr;  // required; must outlive the cache
+  io::Env* env = nullptr;                 // the store's files; null: io::PosixEnv()
+  // The index's files (RocksDB's Env); null: private files on the local disk.
+  // Tests give index::NewFaultFilesEnv over the same FaultEnv as `env`.
+  std::shared_ptr<rocksdb::Env> index_env;
   unsigned fetch_threads = 8;                 // datastore fetches beside the readers' own
   unsigned max_prefetch = 4;                  // of which readahead at most
   unsigned readahead_chunks = 4;              // how far a sequential run fetches ahead
@@ -174,8 +182,10 @@ class ChunkCache {
   // Content addressing. Attaches `manifest` to `gen` (whose key it must
   // describe; see Manifest::Describes): from now on misses of `gen` whose
   // digest is stored are served without the datastore. False (nothing
-  // attached) when it does not describe gen, or gen distrusted a manifest
-  // before. Replaces a manifest attached earlier.
+  // attached) when it does not describe gen, or it is the very manifest
+  // (same bytes) that gen distrusted before, on this host, before a restart
+  // too; a manifest published again is attached. Replaces a manifest
+  // attached earlier. ManifestDistrusted: gen's last manifest lied.
   bool AttachManifest(GenerationId gen, std::shared_ptr<const index::Manifest> manifest);
   bool HasManifest(GenerationId gen) const;
   bool ManifestDistrusted(GenerationId gen) const;
@@ -188,6 +198,10 @@ class ChunkCache {
   // trace, being recorded or saved on this host, else the one its attached
   // manifest carries (empty when none).
   void RecordTrace(GenerationId gen);
+  // Gives up the trace prefetches and readahead not yet fetched and waits
+  // until no background fetch runs: they read through ChunkSources whose
+  // owner (roles::Templates) is about to go. Later ones start as usual.
+  void DrainFetches();
   std::vector<uint64_t> TraceOf(GenerationId gen) const;
   // Fetches the chunks of `trace` not cached yet, in order (its first half
   // cache's worth), at most max_prefetch at a time, only while no demand
@@ -310,9 +324,10 @@ class ChunkCache {
                  const ReadStream::Run& run, const std::shared_ptr<ChunkSource>& source);
   // Publishes a flight for `key` nobody waits for yet (readahead); null when
   // it is cached (or found by digest) or already in flight.
+  // `body` is its task, submitted to the pool's prefetch queue.
   std::shared_ptr<Flight> StartFetch(const ChunkKey& key, uint64_t file_size,
-                                     const EvictionPolicy::Use& use, bool prefetch,
-                                     bool traced = false);
+                                     const EvictionPolicy::Use& use, bool prefetch, bool traced,
+                                     std::function<void(const std::shared_ptr<Flight>&)> body);
 
   // Content addressing. REQUIRES: shard lock held, key neither cached nor in
   // flight. When gen's manifest names a digest the store holds, makes `key`
@@ -323,8 +338,8 @@ class ChunkCache {
     std::shared_ptr<Flight> join;
     std::optional<index::Digest> digest;  // the manifest's, if any
   };
-  Reuse ReuseLocked(Shard& shard, const ChunkKey& key, uint32_t len,
-                    const EvictionPolicy::Use& use);
+  Reuse ReuseLocked(Shard& shard, const ChunkKey& key, uint32_t len, const EvictionPolicy::Use& use,
+                    bool may_join = true);
   // REQUIRES: shard lock held. A new flight for `key`, published (and, with
   // `expected`, findable by that digest).
   std::shared_ptr<Flight> NewFlightLocked(Shard& shard, const ChunkKey& key, uint32_t len,
@@ -350,6 +365,8 @@ class ChunkCache {
   // Chunks a trace holds at most: half the cache (a boot set it can keep).
   size_t TraceLimit() const;
   void PumpTrace(const std::shared_ptr<TracePrefetch>& job);
+  // A trace prefetch flight's task.
+  void RunTraced(const std::shared_ptr<TracePrefetch>& job, const std::shared_ptr<Flight>& flight);
 
   // Queues a fetched chunk for storing; false when the queue is still full
   // after waiting `wait` for room (max(): as long as it takes).
@@ -381,6 +398,7 @@ class ChunkCache {
   std::vector<std::unique_ptr<Shard>> shards_;
   std::unique_ptr<std::atomic<uint32_t>[]> slot_pins_;  // readers of each slot
   std::atomic<bool> store_failed_{false};               // a sync failed: cache nothing more
+  LogLimit store_error_log_{std::chrono::seconds(10)};  // chunk writes failing one by one
 
   // Free space. Lock order: a shard's mu before space_mu_.
   mutable std::mutex space_mu_;
@@ -406,8 +424,9 @@ class ChunkCache {
       digest_flights_;  // GUARDED_BY(cas_mu_)
   mutable std::shared_mutex manifest_mu_;
   std::unordered_map<GenerationId, std::shared_ptr<const index::Manifest>>
-      manifests_;                                // GUARDED_BY(manifest_mu_)
-  std::unordered_set<GenerationId> distrusted_;  // GUARDED_BY(manifest_mu_)
+      manifests_;  // GUARDED_BY(manifest_mu_)
+  // Generations whose manifest lied, and that manifest's identity.
+  std::unordered_map<GenerationId, std::string> distrusted_;  // GUARDED_BY(manifest_mu_)
 
   // Boot traces.
   mutable std::shared_mutex trace_mu_;
@@ -417,6 +436,8 @@ class ChunkCache {
   std::unordered_map<GenerationId, std::shared_ptr<TracePrefetch>>
       prefetching_;  // GUARDED_BY(trace_mu_)
   std::atomic<bool> stopping_{false};
+  std::atomic<int> draining_{0};  // DrainFetches under way
+  bool Stopping() const { return stopping_.load() || draining_.load() > 0; }
 
   mutable std::mutex gen_mu_;
   std::unordered_map<GenerationId, uint64_t> bytes_by_generation_;  // GUARDED_BY(gen_mu_)

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "index/digest.h"
+#include "index/fault_fs.h"
 #include "io/fault_env.h"
 
 namespace goldcache::cache {
@@ -100,10 +101,12 @@ class ChunkCacheTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
+  // With `env`, a FaultEnv, both the store's and the index's files obey it.
   std::unique_ptr<ChunkCache> OpenCache(metrics::Registry& reg, uint64_t capacity = 64 * kChunk,
-                                        std::string dir = "", io::Env* env = nullptr) {
+                                        std::string dir = "", io::FaultEnv* env = nullptr) {
     CacheOptions o;
     o.env = env;
+    if (env != nullptr) o.index_env = index::NewFaultFilesEnv(*env);
     o.dir = dir.empty() ? dir_ + "/cache" : dir;
     o.capacity_bytes = capacity;
     o.chunk_size = kChunk;
@@ -702,7 +705,7 @@ TEST_F(ChunkCacheTest, AFullCloneIsStoredOnceAndOutlivesItsTemplate) {
   ReadAllAndCheck(*cache, b, clone, 4096);
   EXPECT_EQ(clone.reads.load(), reads);
   cache->Evict(b);
-  cache->FlushIndex();
+  ASSERT_TRUE(cache->FlushIndex().ok());
   EXPECT_EQ(cache->used_bytes(), 0u);
 }
 
@@ -808,6 +811,50 @@ TEST_F(ChunkCacheTest, ATemplateAndItsCloneMissingTogetherCostOneDatastoreRead) 
   EXPECT_EQ(SlotOf(*cache, a, 1), SlotOf(*cache, b, 1));
 }
 
+// The template's manifest lies about chunk 1 (its bytes are not what the
+// clone's true manifest, and its own, say): the clone's reader that joined
+// the template's fetch gets the clone's bytes all the same, by a fetch of
+// its own, also while the template's bytes wait for the store (and so stay
+// findable by what they were taken for, before the fix).
+TEST_F(ChunkCacheTest, ACloneWhoseJoinedFetchBroughtOtherBytesFetchesItsOwn) {
+  metrics::Registry reg;
+  io::FaultEnv env;
+  auto cache = OpenCache(reg, 64 * kChunk, "", &env);
+  CountingSource clone(RandomBytes(4 * kChunk, 53));
+  CountingSource tmpl(Patched(clone.data(), {1}));
+  const uint64_t size = tmpl.data().size();
+  const auto ka = KeyOf("ds:t.img", size), kb = KeyOf("ds:clone.img", size);
+  const GenerationId a = cache->BindGeneration(ka)->id;
+  const GenerationId b = cache->BindGeneration(kb)->id;
+  ASSERT_TRUE(cache->AttachManifest(a, ManifestFor(clone.data(), ka)));  // the lie
+  ASSERT_TRUE(cache->AttachManifest(b, ManifestFor(clone.data(), kb)));
+  auto store = std::make_shared<io::Latch>();
+  env.Add({.op = io::Op::kWrite, .path_contains = "store.dat", .latch = store});
+  tmpl.HoldOnly({kChunk});
+  std::vector<char> got_a(kChunk), got_b(kChunk);
+  Result<ReadOutcome> ra = Status::Error(Code::kAborted, "not read");
+  Result<ReadOutcome> rb = ra;
+  std::thread ta([&] { ra = cache->Read(a, size, kChunk, got_a, tmpl); });
+  tmpl.WaitHeld(1);
+  const uint64_t joins = Counter(reg, "goldcache_cache_single_flight_waits_total");
+  std::thread tb([&] { rb = cache->Read(b, size, kChunk, got_b, clone); });
+  while (Counter(reg, "goldcache_cache_single_flight_waits_total") == joins) {
+    std::this_thread::yield();
+  }
+  tmpl.Release();
+  ta.join();
+  tb.join();
+  store->Open();
+  ASSERT_TRUE(ra.ok()) << ra.status().ToString();
+  ASSERT_TRUE(rb.ok()) << rb.status().ToString();
+  EXPECT_EQ(0, std::memcmp(got_a.data(), tmpl.data().data() + kChunk, kChunk));
+  EXPECT_EQ(0, std::memcmp(got_b.data(), clone.data().data() + kChunk, kChunk));
+  EXPECT_EQ(clone.reads.load(), 1u);
+  EXPECT_TRUE(cache->ManifestDistrusted(a));
+  EXPECT_FALSE(cache->ManifestDistrusted(b));
+  cache->WaitIdle();
+}
+
 // A host that never booted a generation gets its trace from the manifest.
 TEST_F(ChunkCacheTest, AManifestsTraceIsTheTraceOfAGenerationNeverBootedHere) {
   metrics::Registry reg;
@@ -886,9 +933,31 @@ TEST_F(ChunkCacheTest, ALyingManifestIsDistrustedAndNoWrongByteIsServed) {
   EXPECT_EQ(Counter(reg, "goldcache_manifest_distrusts_total"), 1u);
   EXPECT_FALSE(cache->HasManifest(g2));
   EXPECT_TRUE(cache->ManifestDistrusted(g2));
-  EXPECT_FALSE(cache->AttachManifest(g2, ManifestFor(v2.data(), key2)));  // not again
+  EXPECT_FALSE(cache->AttachManifest(g2, lie));  // not that one again
   ReadAllAndCheck(*cache, g2, v2);
   EXPECT_EQ(v2.bytes.load(), v2.data().size());  // all of it from the datastore
+}
+
+// A host remembers the manifest that lied across a restart (it would
+// otherwise take the same lie's word again), and takes a manifest
+// published again.
+TEST_F(ChunkCacheTest, ADistrustedManifestStaysDistrustedAfterARestartUntilPublishedAgain) {
+  metrics::Registry reg, reg2;  // before the cache: it outlives it
+  auto cache = OpenCache(reg);
+  CountingSource v(RandomBytes(4 * kChunk, 55));
+  const auto key = KeyOf("ds:t.img", v.data().size());
+  const GenerationId gen = cache->BindGeneration(key)->id;
+  auto lie = std::make_shared<index::Manifest>(*ManifestFor(v.data(), key));
+  lie->digests[2] = index::ComputeDigest(std::string("not chunk 2"));
+  ASSERT_TRUE(cache->AttachManifest(gen, lie));
+  ReadAllAndCheck(*cache, gen, v);
+  ASSERT_TRUE(cache->ManifestDistrusted(gen));
+  cache.reset();
+  cache = OpenCache(reg2);
+  EXPECT_FALSE(cache->AttachManifest(gen, lie));
+  EXPECT_TRUE(cache->ManifestDistrusted(gen));
+  EXPECT_TRUE(cache->AttachManifest(gen, ManifestFor(v.data(), key)));  // published again
+  EXPECT_FALSE(cache->ManifestDistrusted(gen));
 }
 
 TEST_F(ChunkCacheTest, WarmSaysHowMuchItReusedAndWarmsOnlyTheBootSetWhenAsked) {
@@ -972,6 +1041,30 @@ TEST_F(ChunkCacheTest, APrefetchedTraceTurnsABootsMissesIntoHits) {
   EXPECT_EQ(Counter(reg, "goldcache_cache_prefetch_bytes_total"), boot.size() * kChunk);
   EXPECT_EQ(replay(), 0u);
   EXPECT_EQ(Counter(reg, "goldcache_cache_prefetch_in_time_total"), boot.size());
+}
+
+// What the owner of a source (roles::Templates) relies on before it goes:
+// once DrainFetches returns, no background fetch holds the source (what had
+// not been fetched by then is given up); later prefetches run again.
+TEST_F(ChunkCacheTest, DrainFetchesLeavesNoBackgroundFetchHoldingASource) {
+  metrics::Registry reg;
+  auto cache = OpenCache(reg);
+  auto src = std::make_shared<CountingSource>(RandomBytes(32 * kChunk, 54));
+  const uint64_t size = src->data().size();
+  const GenerationId gen = Bind(*cache, size);
+  std::vector<uint64_t> trace(16);
+  std::iota(trace.begin(), trace.end(), 0);
+  src->HoldOnly({0});
+  cache->PrefetchTrace(gen, size, trace, src);
+  src->WaitHeld(1);
+  std::thread drain([&] { cache->DrainFetches(); });
+  src->Release();
+  drain.join();
+  EXPECT_EQ(src.use_count(), 1) << "a background fetch still holds the source";
+  cache->WaitIdle();
+  cache->PrefetchTrace(gen, size, trace, src);
+  cache->WaitIdle();
+  EXPECT_EQ(cache->cached_bytes_of(gen), 16u * kChunk);
 }
 
 // Prefetch never delays a demand miss: with every prefetch fetch held at

@@ -162,6 +162,8 @@ Templates::Templates(std::string datastore, backing::Backing& backing, const Rul
       settle_(options.settle),
       metrics_(metrics) {}
 
+Templates::~Templates() { cache_.DrainFetches(); }
+
 bool Templates::Settled(const index::GenerationKey& key) const {
   if (settle_.count() == 0) return true;
   struct timespec now;
@@ -280,8 +282,8 @@ void Templates::Prepare(const std::shared_ptr<GenerationSource>& source) {
     const auto now = std::chrono::steady_clock::now();
     first = ps.prepared != gen;
     if (first) ps.prepared = gen;
-    look = (first || now - ps.manifest_looked >= kManifestRecheck) && !cache_.HasManifest(gen) &&
-           !cache_.ManifestDistrusted(gen);
+    // (A distrusted one is looked for again too: it may have been published again.)
+    look = (first || now - ps.manifest_looked >= kManifestRecheck) && !cache_.HasManifest(gen);
     if (look) ps.manifest_looked = now;
   }
   if (look) LoadManifest(path, source->key(), gen);

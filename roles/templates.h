@@ -122,6 +122,9 @@ class Templates {
   // outlive this object.
   Templates(std::string datastore, backing::Backing& backing, const RuleSet& rules,
             cache::ChunkCache& cache, const Options& options, RoleMetrics& metrics);
+  // Waits for the cache's background fetches (boot-trace prefetch,
+  // readahead): they read through this object's generation sources.
+  ~Templates();
 
   // Opens `path` on the datastore read-only and binds its generation; while
   // the datastore times out, a template binds the last generation known.
