@@ -25,7 +25,8 @@ Status FromRocks(const rocksdb::Status& s, const std::string& what) {
 Result<std::unique_ptr<ChunkIndex>> ChunkIndex::Open(Options options) {
   rocksdb::Options db_options;
   db_options.create_if_missing = true;
-  db_options.env = PrivateFilesEnv();  // files 0600: the index names datastore paths
+  // Files 0600: the index names datastore paths.
+  db_options.env = options.env ? options.env.get() : PrivateFilesEnv();
   db_options.paranoid_checks = true;
   // The index is small (tens of bytes per MiB cached): keep RocksDB modest.
   db_options.max_background_jobs = 2;
@@ -64,7 +65,7 @@ Result<std::unique_ptr<ChunkIndex>> ChunkIndex::Open(Options options) {
 }
 
 ChunkIndex::ChunkIndex(std::unique_ptr<rocksdb::DB> db, Options options)
-    : db_(std::move(db)), options_(std::move(options)) {}
+    : env_(options.env), db_(std::move(db)), options_(std::move(options)) {}
 
 ChunkIndex::~ChunkIndex() {
   {

@@ -31,7 +31,8 @@
 
 namespace rocksdb {
 class DB;
-}
+class Env;
+}  // namespace rocksdb
 
 namespace goldcache::index {
 
@@ -51,6 +52,8 @@ class ChunkIndex {
     std::chrono::milliseconds flush_interval{100};
     // Runs (on the committing thread) before any batch holding puts is written.
     std::function<Status()> before_commit;
+    // RocksDB's Env; null: PrivateFilesEnv(). Tests give index/fault_fs.h's.
+    std::shared_ptr<rocksdb::Env> env;
   };
 
   // Opens or creates the index. A database that cannot be opened (e.g.
@@ -99,6 +102,7 @@ class ChunkIndex {
   // REQUIRES: commit_mu_ held.
   Status CommitPending();
 
+  std::shared_ptr<rocksdb::Env> env_;  // before db_: it outlives the DB
   std::unique_ptr<rocksdb::DB> db_;
   const Options options_;
 

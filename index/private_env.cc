@@ -27,10 +27,9 @@ IOStatus MakePrivate(const std::string& path, mode_t mode, IOStatus created) {
   return created;
 }
 
-class PrivateFileSystem : public rocksdb::FileSystemWrapper {
+class PrivateFs : public rocksdb::FileSystemWrapper {
  public:
-  explicit PrivateFileSystem(const std::shared_ptr<rocksdb::FileSystem>& base)
-      : FileSystemWrapper(base) {}
+  explicit PrivateFs(const std::shared_ptr<rocksdb::FileSystem>& base) : FileSystemWrapper(base) {}
   const char* Name() const override { return "GoldcachePrivateFileSystem"; }
 
   IOStatus NewWritableFile(const std::string& f, const FileOptions& o,
@@ -72,10 +71,13 @@ class PrivateFileSystem : public rocksdb::FileSystemWrapper {
 
 }  // namespace
 
+std::shared_ptr<rocksdb::FileSystem> PrivateFileSystem() {
+  static auto fs = std::make_shared<PrivateFs>(rocksdb::FileSystem::Default());
+  return fs;
+}
+
 rocksdb::Env* PrivateFilesEnv() {
-  static rocksdb::Env* env =
-      rocksdb::NewCompositeEnv(std::make_shared<PrivateFileSystem>(rocksdb::FileSystem::Default()))
-          .release();
+  static rocksdb::Env* env = rocksdb::NewCompositeEnv(PrivateFileSystem()).release();
   return env;
 }
 

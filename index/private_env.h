@@ -11,13 +11,18 @@
 // Thread safety: the Env is shared and safe to use from every thread.
 #pragma once
 
+#include <memory>
+
 namespace rocksdb {
 class Env;
-}
+class FileSystem;
+}  // namespace rocksdb
 
 namespace goldcache::index {
 
 // The process-wide private Env (never destroyed).
 rocksdb::Env* PrivateFilesEnv();
+// Its file system, for Envs layered over it (index/fault_fs.h).
+std::shared_ptr<rocksdb::FileSystem> PrivateFileSystem();
 
 }  // namespace goldcache::index
