@@ -106,7 +106,8 @@ class ChunkIndex {
   std::unique_ptr<rocksdb::DB> db_;
   const Options options_;
 
-  // Serializes commits (the committer thread and Flush callers).
+  // Serializes writes to RocksDB: commits (the committer thread, Flush
+  // callers), generations and metadata.
   std::mutex commit_mu_;
 
   std::mutex bind_mu_;     // one new generation written at a time
