@@ -136,6 +136,32 @@ class ChunkCacheTest : public ::testing::Test {
     }
     c.WaitIdle();
   }
+  // Chunk 1 of template `a` and of its clone `b`, read at once: the
+  // template's fetch is held at the datastore until the clone's reader has
+  // joined it; both reads must succeed with their own file's bytes.
+  static void ReadChunkOneWhileJoined(ChunkCache& c, metrics::Registry& reg, GenerationId a,
+                                      CountingSource& tmpl, GenerationId b, CountingSource& clone) {
+    const uint64_t size = tmpl.data().size();
+    tmpl.HoldOnly({kChunk});
+    std::vector<char> got_a(kChunk), got_b(kChunk);
+    Result<ReadOutcome> ra = Status::Error(Code::kAborted, "not read");
+    Result<ReadOutcome> rb = ra;
+    std::thread ta([&] { ra = c.Read(a, size, kChunk, got_a, tmpl); });
+    tmpl.WaitHeld(1);  // the template's fetch is at the datastore
+    const uint64_t joins = Counter(reg, "goldcache_cache_single_flight_waits_total");
+    std::thread tb([&] { rb = c.Read(b, size, kChunk, got_b, clone); });
+    // The clone's reader joins that fetch rather than reading its own file.
+    while (Counter(reg, "goldcache_cache_single_flight_waits_total") == joins) {
+      std::this_thread::yield();
+    }
+    tmpl.Release();
+    ta.join();
+    tb.join();
+    ASSERT_TRUE(ra.ok()) << ra.status().ToString();
+    ASSERT_TRUE(rb.ok()) << rb.status().ToString();
+    EXPECT_EQ(0, std::memcmp(got_a.data(), tmpl.data().data() + kChunk, kChunk));
+    EXPECT_EQ(0, std::memcmp(got_b.data(), clone.data().data() + kChunk, kChunk));
+  }
   // Where chunk `chunk` of `gen` lives in store.dat.
   static uint64_t SlotOf(ChunkCache& c, GenerationId gen, uint64_t chunk) {
     auto rec = c.RecordOf(ChunkKey{gen, chunk});
@@ -783,30 +809,13 @@ TEST_F(ChunkCacheTest, ATemplateAndItsCloneMissingTogetherCostOneDatastoreRead) 
   const GenerationId b = cache->BindGeneration(kb)->id;
   ASSERT_TRUE(cache->AttachManifest(a, ManifestFor(tmpl.data(), ka)));
   ASSERT_TRUE(cache->AttachManifest(b, ManifestFor(clone.data(), kb)));
-  tmpl.HoldOnly({kChunk});
-  std::vector<char> got_a(kChunk), got_b(kChunk);
-  Result<ReadOutcome> ra = Status::Error(Code::kAborted, "not read");
-  Result<ReadOutcome> rb = ra;
-  std::thread ta([&] { ra = cache->Read(a, size, kChunk, got_a, tmpl); });
-  tmpl.WaitHeld(1);  // the template's fetch is at the datastore
-  const uint64_t joins = Counter(reg, "goldcache_cache_single_flight_waits_total");
-  std::thread tb([&] { rb = cache->Read(b, size, kChunk, got_b, clone); });
-  // The clone's reader joins that fetch rather than reading its own file.
-  while (Counter(reg, "goldcache_cache_single_flight_waits_total") == joins) {
-    std::this_thread::yield();
-  }
-  tmpl.Release();
-  ta.join();
-  tb.join();
-  ASSERT_TRUE(ra.ok()) << ra.status().ToString();
-  ASSERT_TRUE(rb.ok()) << rb.status().ToString();
-  EXPECT_EQ(0, std::memcmp(got_a.data(), tmpl.data().data() + kChunk, kChunk));
-  EXPECT_EQ(0, std::memcmp(got_b.data(), clone.data().data() + kChunk, kChunk));
+  ReadChunkOneWhileJoined(*cache, reg, a, tmpl, b, clone);
   EXPECT_EQ(tmpl.reads.load(), 1u);
   EXPECT_EQ(clone.reads.load(), 0u);
   cache->WaitIdle();
   // And from then on the clone's chunk is the template's slot.
-  ASSERT_TRUE(cache->Read(b, size, kChunk, got_b, clone).ok());
+  std::vector<char> buf(kChunk);
+  ASSERT_TRUE(cache->Read(b, size, kChunk, buf, clone).ok());
   EXPECT_EQ(clone.reads.load(), 0u);
   EXPECT_EQ(SlotOf(*cache, a, 1), SlotOf(*cache, b, 1));
 }
@@ -830,25 +839,8 @@ TEST_F(ChunkCacheTest, ACloneWhoseJoinedFetchBroughtOtherBytesFetchesItsOwn) {
   ASSERT_TRUE(cache->AttachManifest(b, ManifestFor(clone.data(), kb)));
   auto store = std::make_shared<io::Latch>();
   env.Add({.op = io::Op::kWrite, .path_contains = "store.dat", .latch = store});
-  tmpl.HoldOnly({kChunk});
-  std::vector<char> got_a(kChunk), got_b(kChunk);
-  Result<ReadOutcome> ra = Status::Error(Code::kAborted, "not read");
-  Result<ReadOutcome> rb = ra;
-  std::thread ta([&] { ra = cache->Read(a, size, kChunk, got_a, tmpl); });
-  tmpl.WaitHeld(1);
-  const uint64_t joins = Counter(reg, "goldcache_cache_single_flight_waits_total");
-  std::thread tb([&] { rb = cache->Read(b, size, kChunk, got_b, clone); });
-  while (Counter(reg, "goldcache_cache_single_flight_waits_total") == joins) {
-    std::this_thread::yield();
-  }
-  tmpl.Release();
-  ta.join();
-  tb.join();
+  ReadChunkOneWhileJoined(*cache, reg, a, tmpl, b, clone);
   store->Open();
-  ASSERT_TRUE(ra.ok()) << ra.status().ToString();
-  ASSERT_TRUE(rb.ok()) << rb.status().ToString();
-  EXPECT_EQ(0, std::memcmp(got_a.data(), tmpl.data().data() + kChunk, kChunk));
-  EXPECT_EQ(0, std::memcmp(got_b.data(), clone.data().data() + kChunk, kChunk));
   EXPECT_EQ(clone.reads.load(), 1u);
   EXPECT_TRUE(cache->ManifestDistrusted(a));
   EXPECT_FALSE(cache->ManifestDistrusted(b));

@@ -86,32 +86,21 @@ class FaultWritableFile : public rocksdb::FSWritableFileOwnerWrapper {
         ledger_(ledger) {}
 
   IOStatus Append(const Slice& data, const IOOptions& o, IODebugContext* dbg) override {
-    if (IOStatus c = Checked(faults_, io::Op::kWrite, path_); !c.ok()) return c;
-    IOStatus s = target()->Append(data, o, dbg);
-    if (s.ok()) ledger_.Appended(path_, data.size());
-    return s;
+    return Appending(data.size(), [&] { return target()->Append(data, o, dbg); });
   }
   IOStatus Append(const Slice& data, const IOOptions& o, const rocksdb::DataVerificationInfo& info,
                   IODebugContext* dbg) override {
-    if (IOStatus c = Checked(faults_, io::Op::kWrite, path_); !c.ok()) return c;
-    IOStatus s = target()->Append(data, o, info, dbg);
-    if (s.ok()) ledger_.Appended(path_, data.size());
-    return s;
+    return Appending(data.size(), [&] { return target()->Append(data, o, info, dbg); });
   }
   IOStatus PositionedAppend(const Slice& data, uint64_t offset, const IOOptions& o,
                             IODebugContext* dbg) override {
-    if (IOStatus c = Checked(faults_, io::Op::kWrite, path_); !c.ok()) return c;
-    IOStatus s = target()->PositionedAppend(data, offset, o, dbg);
-    if (s.ok()) ledger_.Appended(path_, data.size());
-    return s;
+    return Appending(data.size(), [&] { return target()->PositionedAppend(data, offset, o, dbg); });
   }
   IOStatus PositionedAppend(const Slice& data, uint64_t offset, const IOOptions& o,
                             const rocksdb::DataVerificationInfo& info,
                             IODebugContext* dbg) override {
-    if (IOStatus c = Checked(faults_, io::Op::kWrite, path_); !c.ok()) return c;
-    IOStatus s = target()->PositionedAppend(data, offset, o, info, dbg);
-    if (s.ok()) ledger_.Appended(path_, data.size());
-    return s;
+    return Appending(data.size(),
+                     [&] { return target()->PositionedAppend(data, offset, o, info, dbg); });
   }
   IOStatus Truncate(uint64_t size, const IOOptions& o, IODebugContext* dbg) override {
     if (IOStatus c = Checked(faults_, io::Op::kTruncate, path_); !c.ok()) return c;
@@ -139,6 +128,15 @@ class FaultWritableFile : public rocksdb::FSWritableFileOwnerWrapper {
   }
 
  private:
+  // Every append: as the faults say, then `n` more bytes not yet synced.
+  template <typename Write>
+  IOStatus Appending(size_t n, Write&& write) {
+    if (IOStatus c = Checked(faults_, io::Op::kWrite, path_); !c.ok()) return c;
+    IOStatus s = write();
+    if (s.ok()) ledger_.Appended(path_, n);
+    return s;
+  }
+
   const std::string path_;
   io::FaultEnv& faults_;
   Ledger& ledger_;
