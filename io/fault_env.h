@@ -59,6 +59,7 @@ struct Fault {
   int count = -1;             // then act on this many (-1: every one)
   int error = 0;              // fail with this errno (0: do not fail)
   // A write writes its first half, then fails with `error` (ENOSPC if 0).
+  // (The datastore's fault layer also reads short: backing/fault_backing.h.)
   bool short_write = false;
   // The call waits here first (then acts on error / short_write, if set).
   std::shared_ptr<Latch> latch;
@@ -78,9 +79,18 @@ class FaultEnv : public Env {
   // Calls of `op` seen so far (also those that failed).
   uint64_t calls(Op op) const;
 
-  // For adapters of other file layers (the index's RocksDB one): acts on a
-  // call as the faults say (may wait on a latch); the error to fail it with.
+  // For adapters of other file layers (the index's RocksDB one, the
+  // datastore's): acts on a call as the faults say (may wait on a latch);
+  // the error to fail it with.
   Status Check(Op op, const std::string& path);
+  // The same, whole: what the matching fault says to do (error 0: go on).
+  struct Action {
+    int error = 0;
+    bool short_write = false;
+  };
+  Action Decide(Op op, const std::string& path);
+  // The Status a call failed by `err` gets: "injected: read PATH".
+  static Status ErrorFor(Op op, const std::string& path, int err);
   // `fn` runs at PowerCut(), before it returns.
   void OnPowerCut(std::function<void()> fn);
 
@@ -91,13 +101,6 @@ class FaultEnv : public Env {
 
  private:
   class FaultFile;
-  struct Action {
-    int error = 0;
-    bool short_write = false;
-  };
-  // The matching fault's action (after waiting on its latch, if any).
-  Action Decide(Op op, const std::string& path);
-  static Status ErrorFor(Op op, const std::string& path, int err);
   void Register(FaultFile* f);
   void Unregister(FaultFile* f);
 

@@ -12,7 +12,9 @@
 #include <future>
 #include <random>
 
+#include "backing/fault_backing.h"
 #include "backing/metered_backing.h"
+#include "fuse/errno_map.h"
 #include "io/fault_env.h"
 
 namespace goldcache::roles {
@@ -43,8 +45,10 @@ class DatastoreFsTest : public ::testing::Test {
     WriteFile(ds_ + "/templates/t.img", content_);
     WriteFile(ds_ + "/pool/vm1.img", content_);
 
-    backing_ =
-        backing::MakeMeteredBacking(std::move(backing::OpenPosixBacking(ds_)).value(), registry_);
+    // The datastore misbehaves only where a test adds a fault to ds_faults_.
+    backing_ = backing::MakeMeteredBacking(
+        backing::MakeFaultBacking(std::move(backing::OpenPosixBacking(ds_)).value(), ds_faults_),
+        registry_);
     cache::CacheOptions o;
     o.dir = dir_ + "/cache";
     o.capacity_bytes = 64 * 65536;
@@ -96,7 +100,8 @@ class DatastoreFsTest : public ::testing::Test {
   }
 
   std::string dir_, ds_, content_;
-  io::FaultEnv env_;  // outlives the overlays of the tests that use it
+  io::FaultEnv env_;        // outlives the overlays of the tests that use it
+  io::FaultEnv ds_faults_;  // the datastore's faults; outlives backing_
   metrics::Registry registry_;
   std::unique_ptr<backing::Backing> backing_;
   std::unique_ptr<cache::ChunkCache> cache_;
@@ -401,6 +406,149 @@ TEST_F(DatastoreFsTest, ChangeUnderAnOpenHandleIsReportedAndNeverMixed) {
   EXPECT_EQ(Counter("goldcache_template_changed_while_open_total"), 2u);
   (*f)->Release();
   (*g)->Release();
+}
+
+// ---------------------------------------------------------------------------
+// The datastore misbehaving (issue 9): a failed read, a short one, a hung one,
+// a failed write or commit. Never a wrong byte, never a stranded desktop.
+
+// A read the filer fails (a bad disk behind it): that read is EIO, nothing is
+// cached from it, and the next read of the same bytes goes to the datastore
+// again and is right.
+TEST_F(DatastoreFsTest, ADatastoreReadErrorFailsThatReadCachesNothingAndTheNextReadIsRight) {
+  ds_faults_.Add({.op = io::Op::kRead, .path_contains = "t.img", .count = 1, .error = EIO});
+  auto f = fs_->Open("templates/t.img", O_RDONLY);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  std::string buf(65536, '\0');
+  auto r = (*f)->Read(0, std::span<char>(buf.data(), buf.size()));
+  ASSERT_FALSE(r.ok()) << "a failed datastore read was served as " << *r << " bytes";
+  EXPECT_EQ(fuse::ToErrno(r.status()), EIO) << r.status().ToString();
+  EXPECT_GE(Counter("goldcache_datastore_errors_total"), 1u);
+  EXPECT_GE(Counter("goldcache_errors_total", {{"kind", "read"}}), 1u);
+  cache_->WaitIdle();
+  EXPECT_EQ(cache_->used_bytes(), 0u) << "something was cached from a failed read";
+
+  const uint64_t filer = Counter("goldcache_datastore_read_bytes_total");
+  EXPECT_EQ(ReadAll(**f, content_.size()), content_);  // the same handle recovers
+  EXPECT_EQ(Counter("goldcache_datastore_read_bytes_total") - filer, content_.size());
+  cache_->WaitIdle();
+  EXPECT_EQ(ReadAll(**f, content_.size()), content_);  // and now hits
+  EXPECT_EQ(Counter("goldcache_datastore_read_bytes_total") - filer, content_.size());
+  (*f)->Release();
+}
+
+// A read that comes back short of what the generation's size promises (the
+// file was cut between the stat and the read, or the filer lied): never
+// zero-filled, never cached; the read fails, the next one is right.
+TEST_F(DatastoreFsTest, AShortDatastoreReadIsNeverServedAsDataNorCached) {
+  ds_faults_.Add({.op = io::Op::kRead, .path_contains = "t.img", .count = 1, .short_write = true});
+  auto f = fs_->Open("templates/t.img", O_RDONLY);
+  ASSERT_TRUE(f.ok());
+  std::string buf(65536, '\0');
+  auto r = (*f)->Read(0, std::span<char>(buf.data(), buf.size()));
+  ASSERT_FALSE(r.ok()) << "a short datastore read was served as " << *r << " bytes";
+  cache_->WaitIdle();
+  EXPECT_EQ(cache_->used_bytes(), 0u);
+  EXPECT_EQ(ReadAll(**f, content_.size()), content_);
+  (*f)->Release();
+}
+
+// A desktop's base read failing at the datastore fails that read only: the
+// desktop's own writes still read back, another desktop is untouched, and
+// once the filer answers the same read is right.
+TEST_F(DatastoreFsTest, ADatastoreErrorUnderADesktopFailsOnlyItsUnwrittenBytes) {
+  WriteFile(ds_ + "/pool/vm2.img", content_);
+  auto a = fs_->Open("pool/vm1.img", O_RDWR);
+  auto b = fs_->Open("pool/vm2.img", O_RDWR);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const std::string mine = RandomBytes(65536, 21);
+  ASSERT_TRUE((*a)->Write(0, std::span<const char>(mine.data(), mine.size())).ok());
+  ds_faults_.Add({.op = io::Op::kRead, .path_contains = "vm1.img", .error = EIO});
+
+  std::string buf(65536, '\0');
+  auto n = (*a)->Read(0, std::span<char>(buf.data(), buf.size()));
+  ASSERT_TRUE(n.ok()) << "the desktop's own bytes need no datastore: " << n.status().ToString();
+  EXPECT_EQ(buf, mine);
+  auto r = (*a)->Read(2 * 65536, std::span<char>(buf.data(), buf.size()));
+  ASSERT_FALSE(r.ok()) << "bytes the datastore failed to give were served";
+  EXPECT_EQ(fuse::ToErrno(r.status()), EIO) << r.status().ToString();
+  EXPECT_EQ(ReadAll(**b, content_.size()), content_);
+
+  ds_faults_.Clear();
+  std::string want = content_;
+  want.replace(0, mine.size(), mine);
+  EXPECT_EQ(ReadAll(**a, content_.size()), want);
+  (*a)->Release();
+  (*b)->Release();
+  EXPECT_EQ(Counter("goldcache_datastore_write_bytes_total"), 0u);
+}
+
+// A datastore read that hangs (a server that stopped answering one request)
+// holds only the readers of those bytes: a cached template, another
+// desktop, lookups and the stuck file's own attributes all answer meanwhile,
+// and the stuck read completes with the right bytes when the filer does.
+TEST_F(DatastoreFsTest, AHungDatastoreReadStallsNoOtherReaderNorLookups) {
+  WriteFile(ds_ + "/templates/slow.img", content_);
+  {  // t.img, cached
+    auto t = fs_->Open("templates/t.img", O_RDONLY);
+    ASSERT_EQ(ReadAll(**t, content_.size()), content_);
+    (*t)->Release();
+  }
+  cache_->WaitIdle();
+  auto latch = std::make_shared<io::Latch>();
+  ds_faults_.Add({.op = io::Op::kRead, .path_contains = "slow.img", .latch = latch});
+  auto slow = fs_->Open("templates/slow.img", O_RDONLY);
+  ASSERT_TRUE(slow.ok());
+  auto stuck = std::async(std::launch::async, [&] { return ReadAll(**slow, content_.size()); });
+  ASSERT_TRUE(latch->WaitBlocked(std::chrono::seconds(30))) << "the read never reached the filer";
+
+  auto others = std::async(std::launch::async, [&] {
+    const uint64_t filer = Counter("goldcache_datastore_read_bytes_total");
+    auto t = fs_->Open("templates/t.img", O_RDONLY);
+    ASSERT_TRUE(t.ok());
+    EXPECT_EQ(ReadAll(**t, content_.size()), content_);
+    (*t)->Release();
+    EXPECT_EQ(Counter("goldcache_datastore_read_bytes_total"), filer) << "not a cache hit";
+    auto d = fs_->Open("pool/vm1.img", O_RDWR);
+    ASSERT_TRUE(d.ok());
+    const std::string w = RandomBytes(4096, 22);
+    EXPECT_TRUE((*d)->Write(0, std::span<const char>(w.data(), w.size())).ok());
+    std::string back(4096, '\0');
+    EXPECT_TRUE((*d)->Read(0, std::span<char>(back.data(), back.size())).ok());
+    EXPECT_EQ(back, w);
+    (*d)->Release();
+    EXPECT_EQ(fs_->GetAttr("templates/slow.img")->st_size, static_cast<off_t>(content_.size()));
+    EXPECT_TRUE(fs_->ReadDir("templates").ok());
+    auto again = fs_->Open("templates/slow.img", O_RDONLY);  // an open is not a read
+    EXPECT_TRUE(again.ok());
+    if (again.ok()) (*again)->Release();
+  });
+  // Not a timing assert: a bound so that a deadlock fails instead of hanging.
+  const bool done = others.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  latch->Open();
+  EXPECT_TRUE(done) << "a reader of other bytes waited for the hung datastore read";
+  others.wait();
+  EXPECT_EQ(stuck.get(), content_);
+  (*slow)->Release();
+}
+
+// A persistent (passthrough) file: the filer's write and commit errors reach
+// the writer (an NFS mount reports ENOSPC/EDQUOT at write, fsync or close),
+// instead of the writer believing its bytes are safe.
+TEST_F(DatastoreFsTest, PassthroughWriteAndCommitErrorsReachTheWriter) {
+  auto f = fs_->Create("iso/log.txt", O_WRONLY, 0644);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  const std::string text = "persistent bytes";
+  ds_faults_.Add({.op = io::Op::kWrite, .path_contains = "log.txt", .count = 1, .error = EDQUOT});
+  auto w = (*f)->Write(0, std::span<const char>(text.data(), text.size()));
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(fuse::ToErrno(w.status()), EDQUOT) << w.status().ToString();
+  ASSERT_TRUE((*f)->Write(0, std::span<const char>(text.data(), text.size())).ok());
+  ds_faults_.Add({.op = io::Op::kSync, .path_contains = "log.txt", .count = 2, .error = ENOSPC});
+  EXPECT_EQ(fuse::ToErrno((*f)->Fsync(true)), ENOSPC);
+  EXPECT_EQ(fuse::ToErrno((*f)->Flush(true)), ENOSPC) << "close(2) would have reported success";
+  (*f)->Release();
+  EXPECT_GE(Counter("goldcache_datastore_errors_total"), 3u);
 }
 
 TEST_F(DatastoreFsTest, DesktopsAndTemplatesCountTheirOwnIo) {
