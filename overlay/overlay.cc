@@ -2,7 +2,8 @@
 //
 // Extent map. Each overlay keeps std::map<file offset, Extent>; extents never
 // overlap and never reach past size(). An extent says where its bytes live:
-//   kRam   its own buffer (exactly `len` bytes),
+//   kRam   its own buffer (`len` bytes, in a vector of at most a quarter
+//          more capacity),
 //   kDisk  `len` bytes at `disk_off` in the overlay's log file, inside one
 //          segment,
 //   kZero  reads as zeros (a punched hole over the base).
@@ -20,9 +21,12 @@
 // into a RAM extent; one that continues a neighbouring RAM extent is appended
 // to it (up to kMaxRamExtent), so runs of small, unaligned writes become one
 // buffer, and a write inside an existing RAM extent is an in-place copy. RAM
-// is counted in exact bytes against the per-desktop budget and, through a
+// is counted by what the buffers hold from the heap (their capacity, not
+// just the bytes in them) against the per-desktop budget and, through a
 // compare-and-swap reservation, against the host cap shared by every overlay
-// of the store.
+// of the store. A buffer grows by a quarter at a time (AppendRam), not by
+// the vector's doubling, so the slack stays small and an append still
+// copies each byte only a few times on average.
 //
 // Spill. When a write would exceed either limit, the writer spills its own
 // least recently written RAM extents (a set ordered by write stamp) in its own
@@ -135,6 +139,20 @@ struct Piece {
   uint64_t off;
   uint64_t len;
 };
+
+// What a RAM extent holds from the heap: the budget and the host cap count this.
+uint64_t RamCharge(const Extent& e) { return e.data.capacity(); }
+
+// Appends `tail` to a RAM extent's buffer, growing it by a quarter (or to
+// what is needed, if more) instead of doubling.
+void AppendRam(std::vector<char>& data, const std::vector<char>& tail) {
+  const size_t need = data.size() + tail.size();
+  if (need > data.capacity()) {
+    const size_t quarter_more = data.capacity() + data.capacity() / 4;
+    data.reserve(std::max(need, std::min<size_t>(quarter_more, kMaxRamExtent)));
+  }
+  data.insert(data.end(), tail.begin(), tail.end());
+}
 
 Extent Slice(const Extent& e, uint64_t off, uint64_t len) {
   Extent s;
@@ -342,7 +360,7 @@ struct Overlay::Impl {
   Map extents;                                  // GUARDED_BY(mu)
   std::set<std::pair<uint64_t, uint64_t>> lru;  // GUARDED_BY(mu): (stamp, start) of RAM extents
   uint64_t next_stamp = 1;                      // GUARDED_BY(mu)
-  uint64_t ram = 0;                             // GUARDED_BY(mu): RAM extent bytes
+  uint64_t ram = 0;                             // GUARDED_BY(mu): RAM extents' RamCharge
   uint64_t live = 0;                            // GUARDED_BY(mu): disk extent bytes
   uint64_t log_bytes = 0;         // GUARDED_BY(mu): written bytes of all segments (live + garbage)
   int64_t ram_extent_count = 0;   // GUARDED_BY(mu)
@@ -372,7 +390,7 @@ struct Overlay::Impl {
 Overlay::Impl::Map::iterator Overlay::Impl::Put(uint64_t start, Extent e) {
   switch (e.kind) {
     case Kind::kRam:
-      ram += e.len;
+      ram += RamCharge(e);
       ++ram_extent_count;
       lru.emplace(e.stamp, start);
       break;
@@ -396,7 +414,7 @@ Extent Overlay::Impl::Take(Map::iterator it) {
   Extent& e = node.mapped();
   switch (e.kind) {
     case Kind::kRam:
-      ram -= e.len;
+      ram -= RamCharge(e);
       --ram_extent_count;
       lru.erase({e.stamp, start});
       break;
@@ -439,7 +457,7 @@ void Overlay::Impl::PutMerged(uint64_t start, Extent e) {
       const uint64_t left_start = left->first;
       Extent joined = Take(left);
       joined.len += e.len;
-      joined.data.insert(joined.data.end(), e.data.begin(), e.data.end());
+      AppendRam(joined.data, e.data);
       joined.stamp = std::max(joined.stamp, e.stamp);
       e = std::move(joined);
       start = left_start;
@@ -448,7 +466,7 @@ void Overlay::Impl::PutMerged(uint64_t start, Extent e) {
   if (auto r = extents.find(start + e.len); r != extents.end() && Mergeable(e, r->second)) {
     Extent next = Take(r);
     e.len += next.len;
-    e.data.insert(e.data.end(), next.data.begin(), next.data.end());
+    AppendRam(e.data, next.data);
     e.stamp = std::max(e.stamp, next.stamp);
   }
   Put(start, std::move(e));
@@ -476,7 +494,8 @@ void Overlay::Impl::Clear(uint64_t a, uint64_t b) {
       e.len = a - start;
       if (e.kind == Kind::kRam) {
         e.data.resize(e.len);
-        if (e.data.capacity() > 2 * e.len) e.data.shrink_to_fit();  // RAM is counted by length
+        // The cut-off part is charged until given back.
+        if (e.data.capacity() > e.len + e.len / 4) e.data.shrink_to_fit();
       }
       Put(start, std::move(e));
     }

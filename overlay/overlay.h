@@ -13,7 +13,8 @@
 // with an extent map saying where every byte lives. Overwritten and discarded
 // data is garbage; segments are reclaimed (compacted or freed) so the log does
 // not grow without bound. Small and unaligned writes are coalesced in RAM
-// before they go down.
+// before they go down. The RAM limits count what the buffers take from the
+// heap (their capacity), so they bound the agent's memory, not only payload.
 //
 // Durability: none, by contract. fsync returns once data is in the overlay; an
 // overlay is discarded on reset and everything under the overlay dir is
