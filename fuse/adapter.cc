@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/fsuid.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,14 +77,38 @@ bool IsDotOrDotDot(const std::string& name) { return name == "." || name == ".."
 
 // Creations run as the caller, as on a network file system: the new file,
 // directory or symlink belongs to the process that made it (the worker
-// thread's fsuid/fsgid, which are per thread), not to the root agent. Only
-// where the datastore is reached through the kernel (a directory or an NFS
-// mount); libnfs speaks with the agent's credentials.
+// thread's fsuid/fsgid, which are per thread), not to the root agent, and the
+// datastore's permission check sees the caller's supplementary groups, as the
+// kernel's check on the mount did (a directory writable through a team's
+// group). Only where the datastore is reached through the kernel (a directory
+// or an NFS mount); libnfs speaks with the agent's credentials.
+//
+// Groups are set with the raw syscall: it changes the calling thread only,
+// where glibc's setgroups() changes every thread of the process.
 class AsCaller {
  public:
   explicit AsCaller(fuse_req_t req) {
     const fuse_ctx* ctx = fuse_req_ctx(req);
     if (ctx == nullptr || geteuid() != 0 || (ctx->uid == 0 && ctx->gid == 0)) return;
+    // The caller's groups (from /proc; none if it is gone already: the
+    // primary group alone then, never the agent's).
+    std::vector<gid_t> groups(32);
+    int n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
+    if (n > static_cast<int>(groups.size())) {
+      groups.resize(n);
+      n = fuse_req_getgroups(req, n, groups.data());
+    }
+    groups.resize(std::clamp(n, 0, static_cast<int>(groups.size())));
+    const int old_n = getgroups(0, nullptr);
+    old_groups_.resize(std::max(old_n, 0));
+    if (old_n < 0 || getgroups(old_n, old_groups_.data()) != old_n ||
+        syscall(SYS_setgroups, groups.size(), groups.data()) != 0) {
+      spdlog::warn(
+          "fuse: cannot take the caller's groups (uid {}): {}; creating with its "
+          "primary group only",
+          ctx->uid, std::strerror(errno));
+      (void)syscall(SYS_setgroups, 0, nullptr);
+    }
     old_gid_ = setfsgid(ctx->gid);
     old_uid_ = setfsuid(ctx->uid);
     active_ = true;
@@ -92,6 +117,7 @@ class AsCaller {
     if (!active_) return;
     setfsuid(old_uid_);
     setfsgid(old_gid_);
+    (void)syscall(SYS_setgroups, old_groups_.size(), old_groups_.data());
   }
   AsCaller(const AsCaller&) = delete;
   AsCaller& operator=(const AsCaller&) = delete;
@@ -100,6 +126,7 @@ class AsCaller {
   bool active_ = false;
   int old_uid_ = 0;
   int old_gid_ = 0;
+  std::vector<gid_t> old_groups_;
 };
 
 // A creation through the mount never makes a set-user-ID file, nor a

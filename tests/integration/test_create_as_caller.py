@@ -2,8 +2,11 @@
 network file system, never to the root agent; and a creation through the
 mount never makes a set-user-ID or set-group-ID file (issue 9.7). Checked
 on the datastore (a passthrough area) and on a host-only file of a
-nonpersistent area, as an unprivileged user."""
+nonpersistent area, as an unprivileged user; and with the caller's
+supplementary groups, which the kernel's permission check on the mount used
+too."""
 
+import grp
 import os
 import pwd
 import random
@@ -58,3 +61,50 @@ def test_creations_belong_to_the_caller_and_carry_no_set_id_bits(ws):
     finally:
         agent.stop()
         subprocess.run(["userdel", user], capture_output=True, timeout=60)
+
+
+def test_creations_use_the_callers_supplementary_groups(ws):
+    """A directory the caller may write only through a supplementary group:
+    the kernel's check on the mount lets the creation through, so the agent's
+    creation on the datastore must carry that group too, or the user gets
+    EACCES where the datastore itself would have said yes."""
+    team = ws.ds("iso/team")
+    os.makedirs(team)
+    os.chmod(ws.datastore, 0o755)
+    os.chmod(ws.ds("iso"), 0o755)
+    suffix = f"{random.randrange(10**6):06d}"
+    group, user = f"gc-team-{suffix}", f"gc-test-{suffix}"
+    subprocess.run(["groupadd", "--system", group], check=True, capture_output=True, timeout=60)
+    try:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        "-G", group, user], check=True, capture_output=True, timeout=60)
+        gid = grp.getgrnam(group).gr_gid
+        os.chown(team, 0, gid)
+        os.chmod(team, 0o770)  # the group may create there, nobody else but root
+        agent = ws.agent().start()
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+            os.chmod(ws.root, 0o711)
+            # runuser sets the user's supplementary groups from /etc/group.
+            r = subprocess.run(["runuser", "-u", user, "--", "/usr/bin/python3", "-c",
+                                "import os, sys; print(os.getgroups()); "
+                                "open(sys.argv[1], 'w').write('team'); os.mkdir(sys.argv[2])",
+                                ws.mnt("iso/team/report.txt"), ws.mnt("iso/team/sub")],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, f"as {user} (groups {r.stdout.strip()}): {r.stderr}"
+            f = os.stat(ws.ds("iso/team/report.txt"))
+            assert f.st_uid == uid, f"owned by {f.st_uid}, not the creator {uid}"
+            assert os.stat(ws.ds("iso/team/sub")).st_uid == uid
+            with open(ws.ds("iso/team/report.txt")) as fh:
+                assert fh.read() == "team"
+            # Root's own creations there still work and stay root's: the
+            # caller's groups did not stick to the agent's thread.
+            with open(ws.mnt("iso/team/by-root"), "w") as fh:
+                fh.write("r")
+            st = os.stat(ws.ds("iso/team/by-root"))
+            assert (st.st_uid, st.st_gid) == (0, 0)
+        finally:
+            agent.stop()
+            subprocess.run(["userdel", user], capture_output=True, timeout=60)
+    finally:
+        subprocess.run(["groupdel", group], capture_output=True, timeout=60)
