@@ -237,8 +237,9 @@ void Adapter::Init(void* userdata, fuse_conn_info* conn) {
                 conn->proto_minor, conn->want, conn->capable);
 }
 
-void Adapter::ReplyEntry(fuse_req_t req, NodeId parent, const char* name, struct stat st) {
-  NodeId node = inodes_.Lookup(parent, name, st);
+void Adapter::ReplyEntry(fuse_req_t req, NodeId parent, const char* name, const std::string& path,
+                         struct stat st) {
+  NodeId node = inodes_.Lookup(parent, name, st, fs_.Versioned(path));
   if (node == 0) {
     fuse_reply_err(req, ESTALE);
     return;
@@ -266,7 +267,7 @@ void Adapter::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (st.status().code() == Code::kNotFound) self.inodes_.RemoveName(parent, name);
     return ReplyStatus(req, st.status());
   }
-  self.ReplyEntry(req, parent, name, *st);
+  self.ReplyEntry(req, parent, name, *path, *st);
 }
 
 void Adapter::Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
@@ -292,8 +293,19 @@ void Adapter::GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Adapter& self = Self(req);
   Result<struct stat> st = [&]() -> Result<struct stat> {
     if (fi != nullptr) return HandleOf(fi)->file->Stat();
-    if (std::optional<std::string> path = self.inodes_.Path(ino)) return self.fs_.GetAttr(*path);
-    return self.StatDetached(ino);
+    std::optional<std::string> path = self.inodes_.Path(ino);
+    if (!path) return self.StatDetached(ino);
+    Result<struct stat> now = self.fs_.GetAttr(*path);
+    if (now.ok() && self.inodes_.Matches(ino, *now)) return now;
+    if (!now.ok() && now.status().code() != Code::kNotFound) return now;
+    // The name is gone from the datastore, or names another file now
+    // (renamed over, or a template changed in place), while the kernel still
+    // holds this node. Its open handles (fstat of a held disk) answer for
+    // the file they hold, never the other one's size; with none, ESTALE
+    // makes the kernel look the name up again (stat(2) retries by itself).
+    Result<struct stat> held = self.StatDetached(ino);
+    if (held.ok() || !now.ok()) return held;
+    return Status::Error(Code::kStale, *path + " names another file now", ESTALE);
   }
   ();
   if (!st.ok()) return ReplyStatus(req, st.status());
@@ -358,7 +370,7 @@ void Adapter::Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t 
     return self.fs_.Mkdir(*path, CreationMode(mode, /*directory=*/true));
   }();
   if (!st.ok()) return ReplyStatus(req, st.status());
-  self.ReplyEntry(req, parent, name, *st);
+  self.ReplyEntry(req, parent, name, *path, *st);
 }
 
 void Adapter::Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -388,7 +400,7 @@ void Adapter::Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, con
     return self.fs_.Symlink(target, *path);
   }();
   if (!st.ok()) return ReplyStatus(req, st.status());
-  self.ReplyEntry(req, parent, name, *st);
+  self.ReplyEntry(req, parent, name, *path, *st);
 }
 
 void Adapter::Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
@@ -413,7 +425,7 @@ void Adapter::Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const 
   if (!st.ok()) return ReplyStatus(req, st.status());
   // The new name resolves, through (st_dev, st_ino), to the node `ino`, as
   // the kernel expects of a hard link.
-  self.ReplyEntry(req, new_parent, new_name, *st);
+  self.ReplyEntry(req, new_parent, new_name, *path, *st);
 }
 
 void Adapter::InvalidateFile(const std::string& path) {
@@ -480,6 +492,18 @@ void Adapter::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!path) return ReplyNoPath(req);
   Result<std::unique_ptr<OpenFile>> file = self.fs_.Open(*path, fi->flags);
   if (!file.ok()) return ReplyStatus(req, file.status());
+  if (self.inodes_.Versioned(ino)) {
+    // The kernel reached this node through a name it still caches; if the
+    // name now opens another version, ESTALE makes the kernel look it up
+    // again (open(2) retries by itself) and open the new version's node,
+    // instead of serving new bytes through the old inode or old bytes by a
+    // name that no longer has them.
+    Result<struct stat> st = (*file)->Stat();
+    if (st.ok() && !self.inodes_.Matches(ino, *st)) {
+      (*file)->Release();
+      return (void)fuse_reply_err(req, ESTALE);
+    }
+  }
   self.ReplyOpen(req, ino, std::move(*file), fi, nullptr);
 }
 
@@ -498,7 +522,7 @@ void Adapter::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     (*file)->Release();
     return ReplyStatus(req, st.status());
   }
-  NodeId node = self.inodes_.Lookup(parent, name, *st);
+  NodeId node = self.inodes_.Lookup(parent, name, *st, self.fs_.Versioned(*path));
   if (node == 0) {
     (*file)->Release();
     return (void)fuse_reply_err(req, ESTALE);
@@ -617,7 +641,9 @@ void Adapter::DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
         // node the snapshot may be older than what the kernel saw since (a
         // desktop extended its disk), and stale attributes would shrink its
         // i_size and drop its page cache; the kernel revalidates those itself.
-        NodeId node = inodes_.LookupIfUnknown(ino, entry.name, entry.st);
+        const std::optional<std::string> child = inodes_.ChildPath(ino, entry.name);
+        const bool versioned = child && fs_.Versioned(*child);
+        NodeId node = inodes_.LookupIfUnknown(ino, entry.name, entry.st, versioned);
         if (node != 0) {
           counted.push_back(node);
           e.ino = node;

@@ -53,7 +53,9 @@ class Adapter : public KernelCache {
 
  private:
   static Adapter& Self(fuse_req_t req);
-  void ReplyEntry(fuse_req_t req, NodeId parent, const char* name, struct stat st);
+  // `path` is the entry's own (parent's path + name).
+  void ReplyEntry(fuse_req_t req, NodeId parent, const char* name, const std::string& path,
+                  struct stat st);
 
   static void Init(void* userdata, fuse_conn_info* conn);
   static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name);

@@ -109,6 +109,12 @@ class FileSystem {
   // (st_dev, st_ino): two live files must not share a non-zero pair, and one
   // file should keep its pair (hard links share it). st_ino 0: "unknown".
   virtual Result<struct stat> GetAttr(const std::string& path) = 0;
+  // Whether the file at `path` changes only behind the mount, never through
+  // it (a template): then any change of its size, mtime or ctime makes it
+  // another file for the kernel, a new node, so that handles open on the old
+  // version keep its size and pages and new opens get the new one. Cheap and
+  // pure (no IO). False: one node follows the file through its changes.
+  virtual bool Versioned(const std::string& path) { return false; }
   virtual Result<std::vector<DirEntry>> ReadDir(const std::string& path) = 0;
   virtual Result<std::string> ReadLink(const std::string& path) = 0;
   // `flags` are the open(2) flags the kernel passed (O_ACCMODE, O_TRUNC, O_DIRECT, ...).

@@ -21,6 +21,7 @@ struct InodeTable::Inode {
   uint64_t nlookup = 0;
   uint64_t child_names = 0;  // names of other nodes that have this one as parent
   std::optional<FileKey> file_key;
+  bool versioned = false;
   std::vector<std::shared_ptr<FileHandle>> handles;
 };
 
@@ -47,21 +48,49 @@ InodeTable::Inode* InodeTable::FindLocked(NodeId id) const {
   return it == nodes_.end() ? nullptr : it->second.get();
 }
 
-NodeId InodeTable::Lookup(NodeId parent, std::string_view name, const struct stat& st) {
-  MutexLock lock(mu_);
-  return LookupLocked(parent, name, st, /*only_if_unknown=*/false);
+InodeTable::FileKey InodeTable::KeyOf(const struct stat& st, bool versioned) {
+  FileKey key{st.st_dev, st.st_ino};
+  if (versioned) {
+    key.size = st.st_size;
+    key.mtime_ns = st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec;
+    key.ctime_ns = st.st_ctim.tv_sec * 1'000'000'000LL + st.st_ctim.tv_nsec;
+  }
+  return key;
 }
 
-NodeId InodeTable::LookupIfUnknown(NodeId parent, std::string_view name, const struct stat& st) {
+NodeId InodeTable::Lookup(NodeId parent, std::string_view name, const struct stat& st,
+                          bool versioned) {
   MutexLock lock(mu_);
-  return LookupLocked(parent, name, st, /*only_if_unknown=*/true);
+  return LookupLocked(parent, name, st, versioned, /*only_if_unknown=*/false);
+}
+
+NodeId InodeTable::LookupIfUnknown(NodeId parent, std::string_view name, const struct stat& st,
+                                   bool versioned) {
+  MutexLock lock(mu_);
+  return LookupLocked(parent, name, st, versioned, /*only_if_unknown=*/true);
+}
+
+bool InodeTable::Matches(NodeId id, const struct stat& st) const {
+  MutexLock lock(mu_);
+  const Inode* inode = FindLocked(id);
+  if (inode == nullptr || !inode->file_key) return true;
+  return ((st.st_mode & S_IFMT) == inode->type) && KeyOf(st, inode->versioned) == *inode->file_key;
+}
+
+bool InodeTable::Versioned(NodeId id) const {
+  MutexLock lock(mu_);
+  const Inode* inode = FindLocked(id);
+  return inode != nullptr && inode->versioned;
 }
 
 NodeId InodeTable::LookupLocked(NodeId parent_id, std::string_view name, const struct stat& st,
-                                bool only_if_unknown) {
+                                bool versioned, bool only_if_unknown) {
   Inode* parent = FindLocked(parent_id);
   if (parent == nullptr) return 0;  // REQUIRES violated; the caller replies ESTALE
   const mode_t type = st.st_mode & S_IFMT;
+  // Only a file's content has versions; a directory of templates changes
+  // with every file made in it.
+  versioned = versioned && type == S_IFREG;
 
   Inode* at_name = nullptr;
   if (auto it = by_name_.find(NameKey{parent_id, std::string(name)}); it != by_name_.end()) {
@@ -71,7 +100,7 @@ NodeId InodeTable::LookupLocked(NodeId parent_id, std::string_view name, const s
   Inode* chosen = nullptr;
   std::optional<FileKey> key;
   if (st.st_ino != 0) {
-    key = FileKey{st.st_dev, st.st_ino};
+    key = KeyOf(st, versioned);
     if (auto it = by_file_.find(*key); it != by_file_.end()) {
       Inode* known = it->second;
       // A node that lost all its names (unlinked) or changed type is not this
@@ -96,6 +125,7 @@ NodeId InodeTable::LookupLocked(NodeId parent_id, std::string_view name, const s
     nodes_.emplace(id, std::move(inode));
     if (key) {
       chosen->file_key = key;
+      chosen->versioned = versioned;
       by_file_.emplace(*key, chosen);
     }
   }

@@ -11,6 +11,11 @@
 // lookups of one file (or of two hard links to it) return the same node id.
 // A FileSystem therefore must not report the same non-zero (st_dev, st_ino)
 // for two different live files. A file with st_ino == 0 is keyed by name only.
+// A *versioned* regular file (FileSystem::Versioned: a template, which
+// changes only behind the mount) is keyed by its size, mtime and ctime too: a changed
+// file, even in place, is a new node, so the kernel holds it as a new inode
+// and handles open on the old version keep their size and pages. Matches()
+// tells whether a fresh stat of a node's path still is that node's file.
 //
 // Lifetime (libfuse lowlevel contract): every entry the adapter hands to the
 // kernel (lookup, create, mkdir, symlink, link, readdirplus) adds one to the
@@ -74,13 +79,24 @@ class InodeTable {
   // Records that `name` in directory `parent` is the file described by `st`
   // and returns its node id with the lookup count raised by one. A name that
   // pointed at another node before (the file was replaced) is moved.
+  // `versioned`: see Identity above.
   // REQUIRES: `parent` is a live node id.
-  NodeId Lookup(NodeId parent, std::string_view name, const struct stat& st) EXCLUDES(mu_);
+  NodeId Lookup(NodeId parent, std::string_view name, const struct stat& st, bool versioned = false)
+      EXCLUDES(mu_);
 
   // Like Lookup, but only for a file the kernel holds no reference to (no
   // node, or a node with lookup count 0); returns 0 and changes nothing
   // otherwise. For readdirplus, whose attributes come from an older snapshot.
-  NodeId LookupIfUnknown(NodeId parent, std::string_view name, const struct stat& st) EXCLUDES(mu_);
+  NodeId LookupIfUnknown(NodeId parent, std::string_view name, const struct stat& st,
+                         bool versioned = false) EXCLUDES(mu_);
+
+  // Whether `st`, a fresh stat of the node's path, describes the node's own
+  // file: false when the name now names another file (replaced, renamed
+  // over, or for a versioned node changed in place). True for nodes keyed
+  // by name only and for unknown ids.
+  bool Matches(NodeId node, const struct stat& st) const EXCLUDES(mu_);
+  // Whether the node was looked up as a versioned file.
+  bool Versioned(NodeId node) const EXCLUDES(mu_);
 
   // Lowers the lookup count of `node` by `nlookup` (FORGET / BATCH_FORGET).
   // Unknown ids are ignored.
@@ -132,13 +148,18 @@ class InodeTable {
   struct FileKey {
     dev_t dev;
     ino_t ino;
+    // Versioned files only (else 0): what makes another version.
+    off_t size = 0;
+    int64_t mtime_ns = 0;
+    int64_t ctime_ns = 0;
     bool operator==(const FileKey&) const = default;
   };
+  static FileKey KeyOf(const struct stat& st, bool versioned);
   struct FileKeyHash {
     size_t operator()(const FileKey& k) const;
   };
 
-  NodeId LookupLocked(NodeId parent, std::string_view name, const struct stat& st,
+  NodeId LookupLocked(NodeId parent, std::string_view name, const struct stat& st, bool versioned,
                       bool only_if_unknown) REQUIRES(mu_);
   Inode* FindLocked(NodeId id) const REQUIRES(mu_);
   std::optional<std::string> PathLocked(const Inode* inode) const REQUIRES(mu_);

@@ -101,6 +101,51 @@ TEST(InodeTableTest, NameThatNowHoldsAnotherFileMovesToIt) {
   EXPECT_EQ(t.Path(first), std::nullopt);
 }
 
+// A template changed in place on the datastore (same inode, new size or
+// times) is another file for the kernel: new lookups get a new node, the
+// old node loses the name and keeps answering for its open handles.
+TEST(InodeTableTest, AVersionedFileChangedInPlaceIsANewNode) {
+  InodeTable t;
+  struct stat v1 = FileStat(5);
+  v1.st_size = 4096;
+  v1.st_mtim = {100, 0};
+  NodeId old_node = t.Lookup(kRootNodeId, "t.img", v1, /*versioned=*/true);
+  EXPECT_TRUE(t.Versioned(old_node));
+  EXPECT_TRUE(t.Matches(old_node, v1));
+  struct stat v2 = v1;
+  v2.st_size = 2048;  // truncated in place
+  EXPECT_FALSE(t.Matches(old_node, v2));
+  NodeId new_node = t.Lookup(kRootNodeId, "t.img", v2, /*versioned=*/true);
+  EXPECT_NE(new_node, old_node);
+  EXPECT_EQ(t.Path(new_node), "t.img");
+  EXPECT_EQ(t.Path(old_node), std::nullopt);
+  struct stat v3 = v2;
+  v3.st_ctim = {200, 0};  // renamed or chmod-ed: ctime moves
+  EXPECT_FALSE(t.Matches(new_node, v3));
+  // The same file looked up again is the same node.
+  EXPECT_EQ(t.Lookup(kRootNodeId, "t.img", v2, /*versioned=*/true), new_node);
+}
+
+// Unversioned files (desktops, passthrough) keep one node whatever their
+// size or times do; only another inode at the name is another file.
+TEST(InodeTableTest, AnUnversionedFileKeepsItsNodeThroughChanges) {
+  InodeTable t;
+  struct stat st = FileStat(5);
+  NodeId node = t.Lookup(kRootNodeId, "d.img", st);
+  EXPECT_FALSE(t.Versioned(node));
+  st.st_size = 1 << 20;
+  st.st_mtim = {300, 0};
+  EXPECT_TRUE(t.Matches(node, st));
+  EXPECT_EQ(t.Lookup(kRootNodeId, "d.img", st), node);
+  EXPECT_FALSE(t.Matches(node, FileStat(6)));
+  // A directory is never versioned: its times change with every entry.
+  struct stat dir = FileStat(9, S_IFDIR);
+  NodeId d = t.Lookup(kRootNodeId, "templates", dir, /*versioned=*/true);
+  EXPECT_FALSE(t.Versioned(d));
+  dir.st_mtim = {400, 0};
+  EXPECT_EQ(t.Lookup(kRootNodeId, "templates", dir, /*versioned=*/true), d);
+}
+
 TEST(InodeTableTest, TypeChangeIsANewNode) {
   InodeTable t;
   NodeId file = t.Lookup(kRootNodeId, "a", FileStat(5));

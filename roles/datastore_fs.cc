@@ -74,6 +74,10 @@ Result<struct stat> DatastoreFs::GetAttr(const std::string& path) {
   return templates_.StatWithFallback(path);
 }
 
+bool DatastoreFs::Versioned(const std::string& path) {
+  return rules_.RoleOf(path) == Role::kTemplate;
+}
+
 Result<std::vector<fuse::DirEntry>> DatastoreFs::ReadDir(const std::string& path) {
   auto entries = backing_.ReadDir(path);
   if (!entries.ok()) return entries.status();

@@ -54,6 +54,8 @@ class DatastoreFs : public fuse::FileSystem {
   ~DatastoreFs() override;
 
   Result<struct stat> GetAttr(const std::string& path) override;
+  // Templates: they change only on the datastore (fuse::FileSystem::Versioned).
+  bool Versioned(const std::string& path) override;
   Result<std::vector<fuse::DirEntry>> ReadDir(const std::string& path) override;
   Result<std::string> ReadLink(const std::string& path) override;
   Result<std::unique_ptr<fuse::OpenFile>> Open(const std::string& path, int flags) override;
