@@ -102,9 +102,20 @@ class Desktops::DesktopFile : public fuse::OpenFile {
     // A forked child closing its inherited copy (close-on-exec, exit) says
     // nothing about the opener's descriptor.
     if (!by_opener) return Status::Ok();
-    std::lock_guard lock(ds_.mu_);
-    if (!idle_.exchange(true)) ++d_->idle_handles;
-    ds_.cv_.notify_all();
+    bool closing;
+    std::string path;
+    {
+      std::lock_guard lock(ds_.mu_);
+      if (!idle_.exchange(true)) ++d_->idle_handles;
+      ds_.cv_.notify_all();
+      closing = ds_.Closing(*d_);
+      path = d_->path;
+    }
+    // The last descriptor of the session: what the kernel cached of it (the
+    // attributes of the last ftruncate or write, for the attribute timeout)
+    // must not answer a stat made before the RELEASE arrives; the stat then
+    // asks, and Attr() waits for the release.
+    if (closing) ds_.InvalidateKernel(path);
     return Status::Ok();
   }
   void Release() override { ds_.OnClosed(d_, idle_.load()); }
@@ -168,10 +179,26 @@ struct stat Desktops::AttrOf(const Desktop& d) {
   return st;
 }
 
+bool Desktops::Closing(const Desktop& d) const {
+  return reset_policy_ == ResetPolicy::kOnLastClose && !d.local_only && d.open_handles > 0 &&
+         d.idle_handles == d.open_handles;
+}
+
 std::optional<struct stat> Desktops::Attr(const std::string& path) const {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   auto it = desktops_.find(path);
   if (it == desktops_.end()) return std::nullopt;
+  if (Closing(*it->second)) {
+    // Every descriptor was closed and the RELEASE is on its way: a stat now
+    // (qemu-img info before the next boot) must see what the next open will,
+    // the datastore's file, not the session that is ending. As long as an
+    // open waits; a descriptor that lives on elsewhere answers after that.
+    std::shared_ptr<Desktop> closing = it->second;
+    metrics_.release_waits.Add();
+    cv_.wait_for(lock, kReleaseWait, [&] { return closing->discarded || !Closing(*closing); });
+    it = desktops_.find(path);
+    if (it == desktops_.end()) return std::nullopt;
+  }
   return AttrOf(*it->second);
 }
 
@@ -179,7 +206,8 @@ void Desktops::MergeListing(const std::string& dir, std::vector<fuse::DirEntry>&
   std::lock_guard lock(mu_);
   for (auto& e : entries) {
     auto it = desktops_.find(dir.empty() ? e.name : dir + "/" + e.name);
-    if (it != desktops_.end()) e.st = AttrOf(*it->second);
+    // A closing session's file is the datastore's again (Attr() above).
+    if (it != desktops_.end() && !Closing(*it->second)) e.st = AttrOf(*it->second);
   }
   // Files created on this host live in the listing of their directory.
   for (const auto& [p, d] : desktops_) {
@@ -236,16 +264,12 @@ Result<std::unique_ptr<fuse::OpenFile>> Desktops::Open(const std::string& path, 
     {
       std::unique_lock lock(mu_);
       auto it = desktops_.find(path);
-      if (it != desktops_.end() && reset_policy_ == ResetPolicy::kOnLastClose &&
-          !it->second->local_only && it->second->open_handles > 0 &&
-          it->second->idle_handles == it->second->open_handles) {
+      if (it != desktops_.end() && Closing(*it->second)) {
         // Every descriptor of the session was closed: this is the next boot
         // arriving before the kernel's RELEASE of the last one.
         std::shared_ptr<Desktop> closing = it->second;
         metrics_.release_waits.Add();
-        cv_.wait_for(lock, kReleaseWait, [&] {
-          return closing->discarded || closing->idle_handles < closing->open_handles;
-        });
+        cv_.wait_for(lock, kReleaseWait, [&] { return closing->discarded || !Closing(*closing); });
         it = desktops_.find(path);
       }
       if (it != desktops_.end()) {

@@ -124,6 +124,9 @@ class Desktops {
   // fuse::KernelCache::InvalidateFile, if a mount is attached.
   void InvalidateKernel(const std::string& path);
   static struct stat AttrOf(const Desktop& d);  // REQUIRES: mu_ held
+  // Every handle's descriptor was closed by its opener and the session ends
+  // at the coming RELEASE. REQUIRES: mu_ held.
+  bool Closing(const Desktop& d) const;
   Status ReadOnly(const std::string& path) const;
 
   Templates& templates_;
@@ -136,7 +139,7 @@ class Desktops {
   fuse::KernelCache* kernel_ = nullptr;  // GUARDED_BY(kernel_mu_)
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // a session's handles changed (with mu_)
+  mutable std::condition_variable cv_;  // a session's handles changed (with mu_)
   // Live sessions by datastore-relative path.
   std::unordered_map<std::string, std::shared_ptr<Desktop>> desktops_;  // GUARDED_BY(mu_)
   uint64_t next_local_ino_ = 1;                                         // GUARDED_BY(mu_)

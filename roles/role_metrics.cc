@@ -34,8 +34,9 @@ RoleMetrics::RoleMetrics(metrics::Registry& r)
           r.GetCounter("goldcache_desktop_resets_total", kResetsHelp, {{"reason", "command"}})),
       release_waits(
           r.GetCounter("goldcache_desktop_release_waits_total",
-                       "Opens of a desktop whose every descriptor was closed, which waited for the "
-                       "kernel's release of that session so as to start a pristine one.")),
+                       "Opens and stats of a desktop whose every descriptor was closed, which "
+                       "waited for the kernel's release of that session so as to see a pristine "
+                       "one.")),
       generation_changes(
           r.GetCounter("goldcache_template_generation_changes_total",
                        "Opens that found a template changed on the datastore (a new generation).")),

@@ -43,6 +43,30 @@ def test_truncated_desktop_reopened_at_once_after_last_close_is_pristine(ws):
     assert_pristine(path, data, "reopened at once after truncate and last close")
 
 
+def test_stat_right_after_the_last_close_shows_the_datastore_file(ws):
+    # The kernel keeps the attributes of the session's last reply (here the
+    # ftruncate's) for the attribute timeout, and RELEASE comes after
+    # close(2) returned: a stat in between must still show the file the next
+    # boot gets (qemu-img info before QEMU's open), not the session's.
+    rel, data = provision(ws)
+    ws.agent().start()
+    path = ws.mnt(rel)
+    wrong = []
+    for i in range(50):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            if i % 2:
+                os.pwrite(fd, b"w" * 4096, 0)
+            os.ftruncate(fd, 1 * MiB)
+        finally:
+            os.close(fd)
+        size = os.stat(path).st_size
+        if size != SIZE:
+            wrong.append((i, size))
+    assert not wrong, f"stat right after the last close showed the closed session: {wrong[:5]}"
+    assert_pristine(path, data, "after 50 sessions")
+
+
 def test_desktop_reset_by_command_is_pristine_at_once(ws):
     rel, data = provision(ws)
     agent = ws.agent(extra_args=["--reset", "manual"]).start()
