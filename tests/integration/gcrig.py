@@ -526,11 +526,35 @@ def write_file(path: str, data: bytes, mtime_ns: Optional[int] = None) -> None:
         os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
-class DirectReader:
-    """Reads a file with O_DIRECT (no page cache) into an aligned buffer."""
+class DiskModel(bytearray):
+    """The bytes a desktop disk should read as right now, kept beside the real
+    file by tests that write it: the same operations, on memory."""
 
-    def __init__(self, path: str, max_io: int = MiB):
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    def write(self, off: int, buf: bytes) -> None:
+        end = off + len(buf)
+        if end > len(self):
+            self += bytes(end - len(self))
+        self[off:end] = buf
+
+    def truncate(self, size: int) -> None:
+        if size < len(self):
+            del self[size:]
+        else:
+            self += bytes(size - len(self))
+
+    def zero(self, off: int, length: int) -> None:
+        """A punched hole or zeroed range (never past the end)."""
+        end = min(off + length, len(self))
+        if off < end:
+            self[off:end] = bytes(end - off)
+
+
+class DirectReader:
+    """Reads a file with O_DIRECT (no page cache) into an aligned buffer;
+    `writable` opens it O_RDWR for pwrite() too."""
+
+    def __init__(self, path: str, max_io: int = MiB, writable: bool = False):
+        self.fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_DIRECT)
         self.buf = mmap.mmap(-1, max_io)  # page aligned
         self.view = memoryview(self.buf)
 
@@ -538,6 +562,11 @@ class DirectReader:
         """One O_DIRECT read; `length` and `offset` must be 4 KiB aligned."""
         n = os.preadv(self.fd, [self.view[:length]], offset)
         return bytes(self.view[:n])
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        """One whole O_DIRECT write, aligned as pread()."""
+        self.view[:len(data)] = data
+        assert os.pwritev(self.fd, [self.view[:len(data)]], offset) == len(data)
 
     def close(self) -> None:
         self.view.release()

@@ -28,7 +28,6 @@ generation's, short) instead of a bare "differs".
 """
 
 import errno
-import mmap
 import os
 import random
 
@@ -466,34 +465,6 @@ def ds_rewrite_in_place(path, old):
     return new
 
 
-class DirectRW:
-    """A desktop opened O_RDWR | O_DIRECT with page-aligned buffers."""
-
-    def __init__(self, path: str, max_io: int = MiB):
-        self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
-        self.buf = mmap.mmap(-1, max_io)
-        self.view = memoryview(self.buf)
-
-    def pread(self, off: int, n: int) -> bytes:
-        got = os.preadv(self.fd, [self.view[:n]], off)
-        return bytes(self.view[:got])
-
-    def pwrite(self, off: int, data: bytes) -> None:
-        self.view[:len(data)] = data
-        assert os.pwritev(self.fd, [self.view[:len(data)]], off) == len(data)
-
-    def close(self) -> None:
-        self.view.release()
-        self.buf.close()
-        os.close(self.fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 def written_mask(size: int) -> bytearray:
     mask = bytearray(size)
     for off, n in WRITES:
@@ -530,7 +501,7 @@ def test_desktop_base_changed_under_an_open_desktop(ws, change):
     mask = written_mask(SIZE)
     log = ReadLog()
 
-    with DirectRW(path) as d:
+    with gcrig.DirectReader(path, writable=True) as d:
         for off in reversed(range(0, CACHED, BLOCK)):
             assert d.pread(off, BLOCK) == base[off:off + BLOCK], f"base read at {off}"
         for off, n in WRITES:
@@ -575,7 +546,7 @@ def test_desktop_base_changed_under_an_open_desktop(ws, change):
             log.bad("stat", f"stat through the mount says {st_mnt.st_size} while the desktop "
                             f"is open; its disk has {SIZE}")
         # A second handle joins the session: the same view.
-        with DirectRW(path) as d2:
+        with gcrig.DirectReader(path, writable=True) as d2:
             for off in (0, 1 * MiB, 20 * MiB, SIZE - BLOCK):
                 log.reads += 1
                 try:

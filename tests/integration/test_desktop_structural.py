@@ -92,30 +92,6 @@ def test_datastore_changing_operations_in_pool_fail_with_erofs(ws):
     assert gcrig.datastore_writes(agent.metrics()) == gcrig.NO_DATASTORE_WRITES
 
 
-class Model:
-    """The bytes a desktop disk should read as, kept beside the real file."""
-
-    def __init__(self, data):
-        self.data = bytearray(data)
-
-    def write(self, off, buf):
-        end = off + len(buf)
-        if end > len(self.data):
-            self.data += bytes(end - len(self.data))
-        self.data[off:end] = buf
-
-    def truncate(self, size):
-        if size < len(self.data):
-            del self.data[size:]
-        else:
-            self.data += bytes(size - len(self.data))
-
-    def zero(self, off, length):
-        end = min(off + length, len(self.data))
-        if off < end:
-            self.data[off:end] = bytes(end - off)
-
-
 def read_back(fd, size):
     buf = mmap.mmap(-1, MiB)
     out = bytearray()
@@ -140,14 +116,14 @@ def test_mixed_activity_leaves_the_datastore_tree_identical(ws):
     # A datastore file, held open (the VM runs) while it is written, truncated,
     # extended, punched and zeroed; checked against a model throughout.
     with open(ws.ds("pool/a.img"), "rb") as f:
-        model = Model(f.read())
+        model = gcrig.DiskModel(f.read())
     fd = os.open(m("pool/a.img"), os.O_RDWR)
     dfd = os.open(m("pool/a.img"), os.O_RDWR | os.O_DIRECT)
     abuf = mmap.mmap(-1, MiB)
     try:
         for i in range(200):
             kind = rnd.choice(["write", "write", "write", "direct", "punch", "zero", "truncate"])
-            size = len(model.data)
+            size = len(model)
             if kind == "write":
                 off, n = rnd.randrange(0, size + 64 * KiB), rnd.randrange(1, 256 * KiB)
                 buf = rnd.randbytes(n)
@@ -170,8 +146,8 @@ def test_mixed_activity_leaves_the_datastore_tree_identical(ws):
                 os.ftruncate(fd, new)
                 model.truncate(new)
             if i % 25 == 24:
-                assert os.fstat(fd).st_size == len(model.data)
-                gcrig.assert_same_content(read_back(fd, len(model.data) + MiB), bytes(model.data),
+                assert os.fstat(fd).st_size == len(model)
+                gcrig.assert_same_content(read_back(fd, len(model) + MiB), bytes(model),
                                           f"pool/a.img after {i + 1} operations")
         # Other processes on the open file: util-linux fallocate punches a hole,
         # truncate(1) extends by path (the file is open, so this is the
@@ -184,7 +160,7 @@ def test_mixed_activity_leaves_the_datastore_tree_identical(ws):
         model.truncate(30 * MiB)
         os.posix_fallocate(fd, 30 * MiB, 2 * MiB)
         model.truncate(32 * MiB)
-        gcrig.assert_same_content(read_back(fd, 40 * MiB), bytes(model.data), "pool/a.img")
+        gcrig.assert_same_content(read_back(fd, 40 * MiB), bytes(model), "pool/a.img")
         assert os.stat(m("pool/a.img")).st_size == 32 * MiB
     finally:
         abuf.close()

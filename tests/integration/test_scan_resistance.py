@@ -53,7 +53,14 @@ def sweep_then_boot(agent, t, chunks, what):
     boot_bytes = len(chunks) * CHUNK
     before = datastore_bytes(agent)
     sweep(t.mnt_path, t.data)
-    assert datastore_bytes(agent) - before >= TEMPLATE_SIZE - boot_bytes - CACHE // 2
+    # At most what the cache held besides the boot set can have been a hit:
+    # at least the template less the cache came from the datastore. (More
+    # hits than a plain LRU would give happen when the local disk is slow:
+    # a chunk the write-behind queue had no room for is served uncached and
+    # evicts nothing.)
+    swept = datastore_bytes(agent) - before
+    assert swept >= TEMPLATE_SIZE - CACHE, \
+        f"the sweep read only {swept / MiB:.1f} MiB from the datastore: it proves nothing"
     before = datastore_bytes(agent)
     boot(t.mnt_path, t.data, chunks)
     refetched = datastore_bytes(agent) - before

@@ -233,7 +233,7 @@ class DesktopWorker(Worker):
         self.index, self.rel, self.how = index, rel, how
         self.path = soak.ws.mnt(rel)
         self.pristine = pristine
-        self.model = bytearray()
+        self.model = gcrig.DiskModel()
         self.fd = -1
         self.direct = False
         self.sessions = 0
@@ -247,25 +247,6 @@ class DesktopWorker(Worker):
         self.history = collections.deque(maxlen=24)
         self.buf = mmap.mmap(-1, MAX_IO)  # page aligned, for O_DIRECT
         self.view = memoryview(self.buf)
-
-    # -- the model --
-
-    def m_write(self, off, data):
-        end = off + len(data)
-        if end > len(self.model):
-            self.model += bytes(end - len(self.model))
-        self.model[off:end] = data
-
-    def m_truncate(self, size):
-        if size < len(self.model):
-            del self.model[size:]
-        else:
-            self.model += bytes(size - len(self.model))
-
-    def m_zero(self, off, length):
-        end = min(off + length, len(self.model))
-        if off < end:
-            self.model[off:end] = bytes(end - off)
 
     # -- reporting --
 
@@ -329,7 +310,7 @@ class DesktopWorker(Worker):
         self.prev_session_writes = self.session_writes[-8:]
         self.session_writes = []
         self.last_write = None
-        self.model = bytearray(self.pristine)
+        self.model = gcrig.DiskModel(self.pristine)
         self.history.append(f"open #{self.sessions} {'O_DIRECT' if self.direct else 'buffered'}"
                             f"{' long' if self.long_session else ''} after {after}")
         self.doing(f"open after {after}")
@@ -341,7 +322,7 @@ class DesktopWorker(Worker):
             self.soak.finding("wrong", f"{self.where()}: opened after {after}: size {size}, "
                                        f"the datastore's {len(self.pristine)}\n"
                                        f"      recent ops:\n      {self.recent()}")
-            self.model = bytearray(size)  # unknown; the next close starts over
+            self.model = gcrig.DiskModel(size)  # unknown; the next close starts over
             return False
         # What the session before wrote must be gone: read it back first.
         ok = True
@@ -458,7 +439,7 @@ class DesktopWorker(Worker):
             # wrote is written.
             self.soak.note("short_write", f"{self.where()}: write [{off}, +{length}) wrote {n}")
             self.counts["write_short"] += 1
-        self.m_write(off, data[:n])
+        self.model.write(off, data[:n])
         self.last_write = (off, n)
         self.session_writes.append((off, n))
         self.session_written += n
@@ -504,7 +485,7 @@ class DesktopWorker(Worker):
             os.ftruncate(self.fd, size)
         except OSError as e:
             return self.failed(e, f"ftruncate {size}", allowed=(errno.ENOSPC,))
-        self.m_truncate(size)
+        self.model.truncate(size)
         self.doing("fstat after ftruncate")
         st = os.fstat(self.fd).st_size
         if st != size:
@@ -550,13 +531,13 @@ class DesktopWorker(Worker):
         except OSError as e:
             return self.failed(e, f"fallocate {kind} [{off}, +{length})", allowed=(errno.ENOSPC,))
         if kind in ("punch", "zero"):
-            self.m_zero(off, length)
+            self.model.zero(off, length)
         elif kind == "zero_extend":
             if off + length > len(self.model):
-                self.m_truncate(off + length)
-            self.m_zero(off, length)
+                self.model.truncate(off + length)
+            self.model.zero(off, length)
         elif off + length > len(self.model):
-            self.m_truncate(off + length)
+            self.model.truncate(off + length)
         self.last_write = (off, length)
         self.counts[f"fallocate_{kind}"] += 1
         return False
@@ -571,7 +552,7 @@ class DesktopWorker(Worker):
             self.soak.finding("unexpected", f"{self.where()}: goldcache reset --force of the open "
                                             f"desktop exited {r.returncode}: {r.stderr.strip()}")
             return True
-        self.model = bytearray(self.pristine)
+        self.model = gcrig.DiskModel(self.pristine)
         self.session_writes = []
         self.last_write = None
         self.doing("fstat after reset --force")
