@@ -526,6 +526,21 @@ def write_file(path: str, data: bytes, mtime_ns: Optional[int] = None) -> None:
         os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
+# fallocate(2), which Python's os module offers only as posix_fallocate.
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
 class DiskModel(bytearray):
     """The bytes a desktop disk should read as right now, kept beside the real
     file by tests that write it: the same operations, on memory."""

@@ -4,7 +4,6 @@ truncates and hole punches of datastore files go to the host's overlay; files
 created there are host-only. The datastore tree is byte- and metadata-identical
 afterwards, and the agent's own counters say it wrote nothing there."""
 
-import ctypes
 import errno
 import mmap
 import os
@@ -13,20 +12,6 @@ import subprocess
 
 import gcrig
 from gcrig import KiB, MiB
-
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-
-
-def fallocate(fd, mode, offset, length):
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
 
 def datastore(ws):
     """pool/ with a desktop disk, a second one in a subdirectory and an empty
@@ -137,9 +122,9 @@ def test_mixed_activity_leaves_the_datastore_tree_identical(ws):
                 model.write(off, abuf[:n])
             elif kind in ("punch", "zero"):
                 off, n = rnd.randrange(0, size), rnd.randrange(1, MiB)
-                mode = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if kind == "punch"
-                        else FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
-                fallocate(fd, mode, off, n)
+                mode = (gcrig.FALLOC_FL_PUNCH_HOLE | gcrig.FALLOC_FL_KEEP_SIZE if kind == "punch"
+                        else gcrig.FALLOC_FL_ZERO_RANGE | gcrig.FALLOC_FL_KEEP_SIZE)
+                gcrig.fallocate(fd, mode, off, n)
                 model.zero(off, n)
             else:
                 new = rnd.randrange(8 * MiB, 24 * MiB)
@@ -182,7 +167,7 @@ def test_mixed_activity_leaves_the_datastore_tree_identical(ws):
     os.rename(m("pool/h1.tmp"), m("pool/h1.img"))
     os.truncate(m("pool/h1.img"), 100)
     with open(m("pool/h2.tmp"), "r+b") as f:
-        fallocate(f.fileno(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096)
+        gcrig.fallocate(f.fileno(), gcrig.FALLOC_FL_PUNCH_HOLE | gcrig.FALLOC_FL_KEEP_SIZE, 0, 4096)
     for name in ("pool/h2.tmp", "pool/h3.tmp", "pool/sub/h0.img"):
         os.unlink(m(name))
     os.rename(m("pool/h4.tmp"), m("pool/h4.tmp.renamed"))

@@ -37,7 +37,6 @@ datastore tree unchanged and never written, the agent stops cleanly, and
 last close showed the closed session's size."""
 
 import collections
-import ctypes
 import errno
 import json
 import mmap
@@ -87,20 +86,6 @@ MIN_DESKTOP_OPS = 300
 MIN_TEMPLATE_READS = 300
 JOIN_TIMEOUT_S = 120  # after the run's end, for every thread to finish its op
 MAX_FINDINGS = 20     # then the run stops early: the report has enough
-
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-
-
-def fallocate(fd, mode, offset, length):
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
 
 def desktop_layout(templates):
     """{rel: (how, bytes)} of the 16 desktops: by i % 4, own content; a copy of
@@ -520,14 +505,14 @@ class DesktopWorker(Worker):
             off, length = self.align(off, length)
             if kind in ("zero_extend", "allocate") and off + length > MAX_SIZE:
                 length = max(PAGE, (MAX_SIZE - off) // PAGE * PAGE)
-        mode = {"punch": FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                "zero": FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-                "zero_extend": FALLOC_FL_ZERO_RANGE,
+        mode = {"punch": gcrig.FALLOC_FL_PUNCH_HOLE | gcrig.FALLOC_FL_KEEP_SIZE,
+                "zero": gcrig.FALLOC_FL_ZERO_RANGE | gcrig.FALLOC_FL_KEEP_SIZE,
+                "zero_extend": gcrig.FALLOC_FL_ZERO_RANGE,
                 "allocate": 0}[kind]
         self.history.append(f"fallocate {kind} [{off}, +{length})")
         self.doing(f"fallocate {kind} [{off}, +{length})")
         try:
-            fallocate(self.fd, mode, off, length)
+            gcrig.fallocate(self.fd, mode, off, length)
         except OSError as e:
             return self.failed(e, f"fallocate {kind} [{off}, +{length})", allowed=(errno.ENOSPC,))
         if kind in ("punch", "zero"):
